@@ -1,0 +1,1 @@
+"""COCO -> WebDataset shards (tools/make_shards.py) and reading them back."""

@@ -1,0 +1,54 @@
+"""Read shards back on the CPU with webdataset (eval, tools, tests; training uses DALI).
+
+    for s in iter_samples("shards/val"):
+        s["key"], s["image_id"], s["jpg"] (bytes), s["kpts"] (float32 [P, K, 3], original pixels),
+        s["mask"] (uint8 [H, W] bit flags PERSON=1, IGNORE=2), s["meta"] (the sample's json)
+"""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import webdataset as wds
+
+from core.errors import UserError
+from shards.writer import MANIFEST
+
+
+def read_manifest_strict(shards_dir) -> dict:
+    """The manifest of a shards folder; a folder without one is a UserError."""
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{shards_dir}: no {MANIFEST} here; is it a folder made by tools/make_shards.py?")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: not valid json ({e})") from None
+
+
+def shard_paths(shards_dir) -> list:
+    """The tar files the manifest lists, in order."""
+    manifest = read_manifest_strict(shards_dir)
+    paths = [Path(shards_dir) / s["name"] for s in manifest["shards"]]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"{shards_dir}: shard(s) listed in the manifest are missing: {', '.join(missing[:3])}")
+    return paths
+
+
+def decode_sample(raw: dict) -> dict:
+    """webdataset's raw dict (bytes per component) -> the decoded sample described above."""
+    meta = json.loads(raw["json"])
+    kpts = np.frombuffer(raw["kpts"], "<f4").reshape(meta["keypoints_shape"])
+    mask = cv2.imdecode(np.frombuffer(raw["mask.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    return {"key": raw["__key__"], "image_id": meta["image_id"], "jpg": raw["jpg"], "kpts": kpts,
+            "mask": mask, "meta": meta}
+
+
+def iter_samples(shards_dir):
+    """Every sample of a shards folder, in shard order (image-id order)."""
+    urls = [str(p) for p in shard_paths(shards_dir)]
+    if not urls:
+        return
+    for raw in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        yield decode_sample(raw)

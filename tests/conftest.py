@@ -1,0 +1,68 @@
+"""Shared fixtures: the bundled sample, the skeleton, shards made once per session, GPU skip."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+# two cores in CI: keep torch from oversubscribing them when tests start subprocesses
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _has_cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is present on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def skeleton():
+    from core.skeleton import load_skeleton
+    return load_skeleton()
+
+
+def run_tool(*args, check=True, timeout=600, env=None):
+    """Run a repo command line (`tools/x.py ...`, `eval.py ...`) as a user would, from the root."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def sample_shards(tmp_path_factory):
+    """Shards of the sample's train and val splits, made once per test session.
+
+    Returns {"train": Path, "val": Path}: folders holding the tar shards, their DALI index
+    files and manifest.json.
+    """
+    out = tmp_path_factory.mktemp("shards")
+    dirs = {}
+    for split in ("train", "val"):
+        d = out / split
+        run_tool("tools/make_shards.py", "--images", SAMPLE / f"{split}2017",
+                 "--annotations", SAMPLE / "annotations" / f"person_keypoints_{split}2017.json",
+                 "--out", d, "--split", split, "--shard-size", "2", "--workers", "2")
+        dirs[split] = d
+    return dirs
