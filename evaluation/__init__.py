@@ -1,0 +1,9 @@
+"""Evaluation: network maps of whole images, COCO results and COCOeval (eval.py, tools, demo.py).
+
+    geometry.py   the inference frame (image scaled to a fixed height) <-> original pixels
+    inference.py  resize, pad, batch, predict, flip test, multi-scale averaging -> maps
+    runner.py     the loop: batches -> maps -> grouping -> COCO results, timed per stage
+    sources.py    images and ground truth from a folder + COCO json, or from shards
+    coco.py       results format, COCOeval (the ten numbers), atomic results json
+    ideal.py      ideal maps rendered from ground truth (tools/gt_upper_bound.py, tests)
+"""

@@ -1,0 +1,345 @@
+"""Distributed mixed-precision training of IMHN (SimplePose), resumable, with the data wait measured.
+
+    torchrun --nproc_per_node=8 train_ddp.py --config configs/imhn512.yaml --shards DIR --out runs/imhn512
+    torchrun --nproc_per_node=2 train_ddp.py --config configs/tiny.yaml --max-steps 200
+    python train_ddp.py --config configs/tiny.yaml            # one process, no torchrun needed
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        train_ddp.py --config ...                            # the same line on every node
+    ... --resume                                             # continue from OUT/last.pt
+
+The process group comes from torchrun's environment only (NCCL on GPU, gloo on CPU). Each rank
+reads its own part of the shards; every rank takes the same number of steps per epoch.
+
+OUT (--out, else the config's `out`) receives config.yaml (the resolved config), log.jsonl (one
+JSON object per line, rank 0; fields in training/log.py) and last.pt, the checkpoint: written
+every checkpoint_every steps, at the end, and after the step in progress when SIGTERM or SIGINT
+arrives, always under a temporary name and then renamed. It holds the weights for inference
+(`model`: the averaged ones when ema_decay > 0), and everything --resume restores: the training
+weights, optimizer, grad scaler, step and epoch (the learning rate is a function of the step),
+every rank's data position and random generator states.
+
+A step whose gradient is not finite (NaN/inf loss on any rank, or an fp16 overflow) is skipped
+and counted; max_bad_steps of them in a row stop the run, leaving the last checkpoint as it was.
+"""
+import math
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from core.config import to_dict
+from core.errors import ArgumentParser, UserError, run_cli
+from core.skeleton import Skeleton, load_skeleton
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.imhn import build_model
+from model.loss import multiscale_loss
+from pipelines.loader import make_loader
+from training.config import TrainConfig, load_train_config
+from training.distributed import (Dist, any_rank, barrier, gather_objects, init_distributed,
+                                  mean_over_ranks, ranks_agree, shutdown)
+from training.ema import EMA
+from training.log import BusySampler, IntervalMeter, JsonlLog, gpu_busy_sampler, gpu_stats
+from training.optim import build_optimizer, learning_rate
+from training.rng import rng_state, set_rng_state
+from training.signals import StopRequest
+
+CHECKPOINT = "last.pt"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Run:
+    """Everything the loop changes, and what it needs to change it."""
+    cfg: TrainConfig
+    dist: Dist
+    skeleton: Skeleton
+    model: torch.nn.Module          # the plain module: its state_dict is what checkpoints hold
+    net: torch.nn.Module            # what the forward goes through (DDP-wrapped and/or compiled)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler    # enabled only for fp16
+    ema: EMA | None
+    amp: str                        # bf16 | fp16 | fp32, resolved for the device
+    out: Path
+    step: int = 0                   # optimizer steps taken (skipped ones included)
+    epoch: int = 0
+    epoch_batches: int = 0          # batches of the current epoch taken (the loader counts them too)
+    bad_steps: int = 0              # non-finite steps so far
+    bad_streak: int = 0             # ... in a row, up to now
+    saved_step: int | None = None   # step of the checkpoint on disk
+    gpu_busy: BusySampler | None = None  # rank 0 on GPU: utilization samples for the log
+
+
+def train_step(run: Run, batch: dict, lr: float):
+    """One optimizer step on one batch. Returns ([scales + 1] loss parts and grad norm, ok).
+
+    ok is False when the gradient is not finite: the step is skipped (weights, momentum and
+    EMA untouched), and under fp16 the grad scaler lowers its scale.
+    """
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    images = batch["images"]
+    if run.cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if run.amp == "fp32":
+        images = images.float()  # the pipeline may hand fp16 images on GPU
+    with torch.autocast(run.dist.device.type, dtype=AMP_DTYPES[run.amp], enabled=run.amp != "fp32"):
+        outputs = run.net(images)
+    # the loss itself runs in fp32 whatever the outputs' dtype (model/loss.py)
+    loss, parts = multiscale_loss(outputs, batch["targets"], batch["masks"][:, :1], run.skeleton,
+                                  run.cfg.loss)
+    run.scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
+    run.scaler.unscale_(run.optimizer)
+    # the gradients are the same on every rank after the all-reduce, so every rank takes the
+    # same decision without another collective; one NaN rank makes them all NaN
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip or math.inf)
+    ok = bool(torch.isfinite(grad_norm))  # the step's one host sync: skipping needs the answer
+    if ok:
+        run.scaler.step(run.optimizer)
+        if run.ema is not None:
+            run.ema.update()
+    run.scaler.update()  # fp16: halves the scale after an overflow, grows it after a good streak
+    run.optimizer.zero_grad(set_to_none=True)
+    return torch.stack([*parts.values(), grad_norm]).detach().float(), ok
+
+
+def fit(run: Run, loader, log: JsonlLog, stop: StopRequest):
+    """The loop: epochs of len(loader) steps until max_steps, a stop signal or a streak of bad steps."""
+    cfg, d = run.cfg, run.dist
+    steps_per_epoch = len(loader)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    log.write("start", step=run.step, total_steps=total, steps_per_epoch=steps_per_epoch,
+              world_size=d.world_size, device=str(d.device), amp=run.amp,
+              global_batch=cfg.pipeline.batch_size * d.world_size)
+    bar = tqdm(total=total, initial=run.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
+    meter = IntervalMeter()
+    reason = "done" if run.step >= total else None
+    while reason is None:
+        for batch in meter.timed(loader):
+            lr = learning_rate(run.step, steps_per_epoch, cfg.optim, d.world_size)
+            values, ok = train_step(run, batch, lr)
+            run.step += 1
+            run.epoch_batches += 1
+            run.bad_streak = 0 if ok else run.bad_streak + 1
+            run.bad_steps += not ok
+            meter.add(values, ok)
+            bar.update()
+            if run.epoch_batches == steps_per_epoch:  # the epoch is over: the next one reshuffles
+                run.epoch, run.epoch_batches = run.epoch + 1, 0
+                loader.set_epoch(run.epoch)
+            if run.step % cfg.log_every == 0 or run.step == total:
+                report(run, meter, lr, log, bar)
+            if run.bad_streak >= cfg.max_bad_steps:
+                bar.close()
+                raise_bad_streak(run, log)
+            if run.step >= total:
+                reason = "done"
+            elif any_rank(d, stop.requested is not None):  # every rank stops after the same step
+                reason = f"stopped by {stop.requested or 'a signal to another rank'}"
+            # no periodic checkpoint inside a streak of bad steps: the last good one stays on disk
+            if reason or (run.step % cfg.checkpoint_every == 0 and run.bad_streak == 0):
+                save(run, loader, log)
+            if reason or run.epoch_batches == 0:
+                break
+    bar.close()
+    seen = gather_objects(d, loader.stats())  # samples of this run, and how many had more than Pmax people
+    log.write("stop", step=run.step, reason=reason, bad_steps=run.bad_steps,
+              samples=sum(s["samples"] for s in seen),
+              over_max_people=sum(s["over_max_people"] for s in seen))
+    if d.is_main:
+        print(f"stopped at step {run.step} ({reason}); checkpoint {run.out / CHECKPOINT}", file=sys.stderr)
+
+
+def report(run: Run, meter: IntervalMeter, lr: float, log: JsonlLog, bar):
+    """Average the interval's losses and data wait over the ranks; rank 0 logs them."""
+    wall, wait, steps, sums, good = meter.flush()
+    # the same `good` on every rank (see train_step), so they all join this collective or none do
+    stats = {}
+    if good:
+        means = mean_over_ranks(run.dist, torch.cat([sums / good, sums.new_tensor([wait / wall])]))
+        *parts, grad_norm, data_wait = means.tolist()
+        stats = {"loss": sum(parts), **{f"loss_scale{i}": p for i, p in enumerate(parts)},
+                 "grad_norm": grad_norm, "data_wait": data_wait}
+    images_per_s = steps * run.cfg.pipeline.batch_size * run.dist.world_size / wall
+    log.write("train", step=run.step, epoch=run.epoch, lr=lr, **stats, bad_steps=run.bad_steps,
+              images_per_s=images_per_s, step_ms=1000 * wall / steps, **gpu_stats(run.dist.device, run.gpu_busy))
+    if stats:
+        bar.set_postfix(loss=f"{stats['loss']:.4g}", img_s=f"{images_per_s:.1f}",
+                        wait=f"{100 * stats['data_wait']:.0f}%", refresh=False)
+
+
+def raise_bad_streak(run: Run, log: JsonlLog):
+    path = run.out / CHECKPOINT
+    kept = (f"the last good checkpoint {path} (step {run.saved_step}) is untouched"
+            if run.saved_step is not None else "no checkpoint had been written yet")
+    log.write("stop", step=run.step, reason="bad streak", bad_steps=run.bad_steps)
+    raise UserError(f"{run.bad_streak} steps in a row (up to step {run.step}) had a non-finite loss or "
+                    f"gradient; stopped: {kept}. Lower optim.lr_per_process, set optim.grad_clip, "
+                    f"or try amp: fp32")
+
+
+def save(run: Run, loader, log: JsonlLog):
+    """Every rank hands its data position and RNG states to rank 0, which writes OUT/last.pt."""
+    d = run.dist
+    data = gather_objects(d, loader.state_dict())
+    rngs = gather_objects(d, rng_state())
+    identical = ranks_agree(d, run.model)
+    if d.is_main:
+        weights = run.model.state_dict()
+        ckpt = {"model": run.ema.shadow if run.ema else weights,
+                "model_config": to_dict(run.cfg.model), "skeleton": run.skeleton.to_dict(),
+                "input_size": run.cfg.pipeline.input_size,
+                "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+                "step": run.step, "epoch": run.epoch,
+                "epoch_batches": run.epoch_batches, "bad_steps": run.bad_steps,
+                "world_size": d.world_size, "data": data, "rng": rngs, "config": to_dict(run.cfg)}
+        if run.ema:
+            ckpt["train_model"] = weights
+            ckpt["ema_updates"] = run.ema.updates
+        path = save_checkpoint(ckpt, run.out / CHECKPOINT)
+        log.write("checkpoint", step=run.step, path=str(path), ranks_identical=identical)
+        if not identical:
+            print(f"warning: the ranks' weights differ at step {run.step}", file=sys.stderr)
+    run.saved_step = run.step
+    barrier(d)  # nobody exits (on SIGTERM) before the file is complete
+
+
+def resume(run: Run, ckpt: dict, loader):
+    """Restore what save() wrote; the data position and RNGs only at the same world size."""
+    d = run.dist
+    run.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+    if run.ema:
+        if "ema_updates" in ckpt:
+            run.ema.load_state_dict({"updates": ckpt["ema_updates"], "weights": ckpt["model"]})
+        else:  # a run that had no EMA: start the average from the weights
+            run.ema.load_state_dict({"updates": 0, "weights": run.model.state_dict()})
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["scaler"] and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.step, run.epoch, run.bad_steps = ckpt["step"], ckpt["epoch"], ckpt["bad_steps"]
+    run.saved_step = run.step
+    if ckpt["world_size"] == d.world_size:
+        loader.load_state_dict(ckpt["data"][d.rank])
+        run.epoch_batches = ckpt["epoch_batches"]
+        set_rng_state(ckpt["rng"][d.rank])
+    else:
+        if d.is_main:
+            print(f"note: checkpoint from {ckpt['world_size']} processes, now {d.world_size}: "
+                  f"epoch {run.epoch} starts over from its first batch", file=sys.stderr)
+        loader.set_epoch(run.epoch)
+
+
+def read_resume_checkpoint(cfg: TrainConfig, skeleton: Skeleton, out: Path, resume_flag: bool):
+    """The checkpoint to continue (--resume), checked against the config; None for a fresh run."""
+    path = out / CHECKPOINT
+    if not resume_flag:
+        if path.exists():
+            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+        return None
+    if not path.exists():
+        raise UserError(f"--resume: no checkpoint {path} to continue")
+    ckpt = load_checkpoint(path)
+    for key in ("optimizer", "step", "data", "rng", "world_size"):
+        if key not in ckpt:
+            raise UserError(f"{path}: holds weights only (no '{key}'); it cannot be resumed")
+    if ckpt["model_config"] != to_dict(cfg.model):
+        raise UserError(f"{path}: was trained with another model config than the `model:` section here")
+    if ckpt["skeleton"] != skeleton.to_dict():
+        raise UserError(f"{path}: was trained for another skeleton than {cfg.skeleton}")
+    return ckpt
+
+
+def build_run(cfg: TrainConfig, d: Dist, skeleton: Skeleton, out: Path) -> Run:
+    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+    cuda = d.device.type == "cuda"
+    model = build_model(cfg.model, skeleton.num_channels, d.device, channels_last=cfg.channels_last)
+    if cfg.sync_bn and cuda and d.is_distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = model.train()
+    if d.is_distributed:
+        # static_graph: the same parameters are used every step, which lets DDP skip its unused-
+        # parameter search and overlap the all-reduce with the backward pass
+        net = DistributedDataParallel(model, device_ids=[d.local_rank] if cuda else None,
+                                      gradient_as_bucket_view=True, static_graph=True)
+    if cfg.compile:
+        net.compile()  # in place: the plain module's state_dict keeps its parameter names
+    amp = cfg.resolve_amp(d.device.type)
+    return Run(cfg=cfg, dist=d, skeleton=skeleton, model=model, net=net,
+               optimizer=build_optimizer(model, cfg.optim),
+               scaler=torch.amp.GradScaler(d.device.type, enabled=amp == "fp16"),
+               ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None, amp=amp, out=out)
+
+
+def configure_torch(cfg: TrainConfig, d: Dist):
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        # warn_only: some CUDA backward kernels (upsampling) have no deterministic version
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.set_float32_matmul_precision("high")  # TF32 where fp32 remains
+
+
+def write_config(cfg: TrainConfig, run: Run):
+    resolved = to_dict(replace(cfg, amp=run.amp, out=str(run.out)))
+    path = run.out / "config.yaml"
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(f"# resolved training config; world size {run.dist.world_size}, lr in force "
+                   f"{cfg.optim.lr_per_process * run.dist.world_size:g} after warm-up\n"
+                   + yaml.safe_dump(resolved, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def parse_args(argv):
+    p = ArgumentParser(description="Train IMHN on shards, on one or many processes (torchrun).")
+    p.add_argument("--config", required=True, help="training yaml (configs/tiny.yaml, configs/imhn512.yaml)")
+    p.add_argument("--shards", help="training shards folder; default: the config's `shards`")
+    p.add_argument("--out", help="output folder; default: the config's `out`")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_train_config(args.config, shards=args.shards, out=args.out, max_steps=args.max_steps)
+    if not cfg.shards:
+        raise UserError(f"{args.config}: no training shards: pass --shards DIR or set `shards:`")
+    skeleton = load_skeleton(cfg.skeleton_path())
+    out = Path(cfg.out)
+    ckpt = read_resume_checkpoint(cfg, skeleton, out, args.resume)  # a bad file fails before any work
+    d = init_distributed()
+    stop = StopRequest()
+    run = loader = None
+    try:
+        configure_torch(cfg, d)
+        run = build_run(cfg, d, skeleton, out)
+        loader = make_loader(cfg.shards, cfg.pipeline, skeleton, device=d.device.type, rank=d.rank,
+                             world_size=d.world_size, train=True)
+        if ckpt is not None:
+            resume(run, ckpt, loader)
+            del ckpt
+        else:
+            loader.set_epoch(0)
+        if d.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_config(cfg, run)
+            run.gpu_busy = gpu_busy_sampler(d.device)
+        barrier(d)
+        fit(run, loader, JsonlLog(out / "log.jsonl", active=d.is_main), stop)
+    finally:
+        stop.restore()
+        if run is not None and run.gpu_busy is not None:
+            run.gpu_busy.close()
+        if loader is not None:
+            loader.close()
+        shutdown(d)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
