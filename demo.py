@@ -15,7 +15,6 @@ with its confidence.
 import colorsys
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from core.errors import ArgumentParser, UserError, run_cli
+from core.files import write_text_atomic
 from core.skeleton import COCO_SKELETON
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -81,11 +81,9 @@ def main(argv=None):
                len(records), "people": sum(len(r["people"]) for r in records)}
     if args.json:
         json_path = output.with_suffix(".json") if kind != "folder" else output / "people.json"
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps({"skeleton": skeleton.name,
+        write_text_atomic(json_path, json.dumps({"skeleton": skeleton.name,
                                    "keypoints": list(skeleton.keypoints[: skeleton.num_dataset]),
                                    "items": records}))
-        os.replace(tmp, json_path)
         summary["json"] = str(json_path)
         print(json.dumps(summary))
     return 0

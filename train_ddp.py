@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from core.config import to_dict
 from core.errors import ArgumentParser, UserError, run_cli
+from core.files import write_text_atomic
 from core.skeleton import Skeleton, load_skeleton
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.imhn import build_model
@@ -286,12 +287,9 @@ def configure_torch(cfg: TrainConfig, d: Dist):
 
 def write_config(cfg: TrainConfig, run: Run):
     resolved = to_dict(replace(cfg, amp=run.amp, out=str(run.out)))
-    path = run.out / "config.yaml"
-    tmp = path.with_name(".config.yaml.tmp")
-    tmp.write_text(f"# resolved training config; world size {run.dist.world_size}, lr in force "
+    write_text_atomic(run.out / "config.yaml", f"# resolved training config; world size {run.dist.world_size}, lr in force "
                    f"{cfg.optim.lr_per_process * run.dist.world_size:g} after warm-up\n"
-                   + yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, path)
+                      + yaml.safe_dump(resolved, sort_keys=False))
 
 
 def parse_args(argv):

@@ -11,13 +11,12 @@ keypoints in original image pixels; v = the keypoint's score, a missing keypoint
 import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import UserError
+from core.files import write_text_atomic
 from evaluation.geometry import input_to_image
 
 # pycocotools' stats order for iouType "keypoints"
@@ -106,16 +105,7 @@ def write_results(results: list, path) -> Path:
     """Write a results json atomically (temporary name in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(results))
 
 
 def format_table(stats: dict) -> str:

@@ -50,5 +50,7 @@ def iter_samples(shards_dir):
     urls = [str(p) for p in shard_paths(shards_dir)]
     if not urls:
         return
-    for raw in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    # every caller reads the whole folder; without an explicit splitter webdataset refuses to
+    # run inside a torch.distributed process group
+    for raw in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=lambda u: u):
         yield decode_sample(raw)

@@ -21,6 +21,8 @@ from pathlib import Path
 import webdataset as wds
 from wds2idx import IndexCreator
 
+from core.files import write_text_atomic
+
 MANIFEST = "manifest.json"
 _BLOCK, _RECORD = 512, tarfile.RECORDSIZE  # tar block and the record size archives are padded to
 
@@ -111,10 +113,7 @@ def read_manifest(out_dir: Path):
 
 
 def write_manifest(out_dir: Path, manifest: dict):
-    path = Path(out_dir) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def check_shards(out_dir: Path, manifest: dict):

@@ -1,0 +1,22 @@
+"""Writing files so that no reader ever sees half of one."""
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write `text` to `path` via a temporary file in the same folder, then rename it into place.
+
+    A crash leaves either the old file or the new one, never a torn one (ARCHITECTURE.md, Errors).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary output files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
