@@ -5,7 +5,7 @@
 
 Sections are the stages' own dataclasses (pipelines.config.PipelineConfig, model.config.ModelConfig,
 model.config.LossConfig) plus OptimConfig below; every default is the original's
-(../shared/simplepose_facts.md, "Training"). train_ddp.py writes the resolved config beside the
+(the original SimplePose training code). train_ddp.py writes the resolved config beside the
 checkpoints (config.yaml) with core.config.to_dict.
 """
 from dataclasses import dataclass, field, replace
