@@ -56,7 +56,7 @@ def make_shards(images_dir, annotations, out_dir, split=None, shard_size_mb=1024
     manifest = {"version": MANIFEST_VERSION, "split": split, "arguments": arguments,
                 "source": {"images": str(images_dir), "annotations": str(annotations)},
                 "keypoint_names": data["keypoint_names"], "shards": list(intact),
-                "images": {k: v for k, v in old_reports.items()},  # key -> report of each processed image
+                "images": dict(old_reports),  # key -> report of each processed image
                 "dropped_without_people": dropped}
     done = {k for s in intact for k in s["keys"]}
     by_key = {key_of(im): (im, anns) for im, anns in todo}

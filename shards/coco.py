@@ -101,7 +101,7 @@ def build_sample(image: dict, anns: list, image_bytes: bytes, num_keypoints: int
     decoded = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_UNCHANGED) if fmt != "unknown" else None
     if decoded is None:
         return None, {"skip": "not a decodable image (corrupt, or not jpeg/png)", "notes": [], "counts": counts}
-    if not Path(image["file_name"]).suffix.lower().lstrip(".") in {"jpeg": ("jpg", "jpeg"), "png": ("png",)}[fmt]:
+    if Path(image["file_name"]).suffix.lower().lstrip(".") not in {"jpeg": ("jpg", "jpeg"), "png": ("png",)}[fmt]:
         notes.append(f"content is {fmt}, the name says otherwise; kept (decoders read the content)")
         count("format_mismatch")
     h, w = decoded.shape[:2]
