@@ -48,16 +48,13 @@ def main(argv=None):
     args = parse_args(argv)
     kind, items = open_input(args.input)
     output = Path(args.output) if args.output else default_output(args.input, kind)
-    import torch  # after the arguments and the input are checked
-
+    # heavy imports after the arguments and the input are checked
     from core.skeleton import load_skeleton
-    from evaluation.inference import Preprocess, normalization_of
+    from evaluation.inference import Preprocess, normalization_of, resolve_device
+    from evaluation.sources import read_bgr
     from grouping import GroupingConfig
     from model.checkpoint import load_model
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device here")
+    args.device = resolve_device(args.device)
     if not Path(args.weights).is_file():
         raise UserError(f"{args.weights}: no such checkpoint file")
     model, skeleton, ckpt = load_model(args.weights, args.device, skeleton=load_skeleton(args.skeleton))
@@ -69,7 +66,7 @@ def main(argv=None):
         if kind == "folder":
             output.mkdir(parents=True, exist_ok=True)
         for path in items:
-            bgr = read_image(path)
+            bgr = read_bgr(path)
             people = find(bgr)
             target = output / (path.stem + ".jpg") if kind == "folder" else output
             write_atomic_image(target, draw_people(bgr, people, skeleton, args.threshold))
@@ -149,13 +146,6 @@ def default_output(spec: str, kind: str) -> Path:
     name = f"webcam{spec}" if kind == "webcam" else Path(spec).stem
     return Path({"image": f"{name}.pose.jpg", "folder": f"{name}_pose", "video": f"{name}.pose.mp4",
                  "webcam": f"{name}.pose.mp4"}[kind])
-
-
-def read_image(path: Path):
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if im is None:
-        raise UserError(f"{path}: not a readable image (corrupt, or not an image format cv2 reads)")
-    return im
 
 
 def write_atomic_image(path: Path, image):

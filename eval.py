@@ -58,17 +58,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     # heavy imports after the arguments are checked: a typo costs no torch import
-    import torch
     from evaluation.coco import STAT_NAMES, evaluate_keypoints, format_table, write_results
-    from evaluation.inference import Preprocess, normalization_of
+    from evaluation.inference import Preprocess, normalization_of, resolve_device
     from evaluation.runner import run_model
     from evaluation.sources import FolderSource, ShardSource
     from grouping import GroupingConfig
     from model.checkpoint import load_model
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device here")
+    args.device = resolve_device(args.device)
     if args.shards is not None:
         source = ShardSource(args.shards, args.annotations, args.limit)
     else:

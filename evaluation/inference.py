@@ -21,8 +21,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.errors import UserError
 from evaluation.geometry import map_size, scaled_size
 from pipelines.config import PipelineConfig
+
+
+def resolve_device(name: str) -> str:
+    """--device auto|cpu|cuda -> "cpu" or "cuda"; asking for CUDA where there is none is a UserError."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
+    return name
 
 
 def normalization_of(ckpt: dict) -> tuple:

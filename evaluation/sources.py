@@ -29,6 +29,18 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
+def read_bgr(path) -> np.ndarray:
+    """An image file -> BGR uint8 [H, W, 3] (cv2's order, for drawing); a missing or undecodable
+    file is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such image")
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        raise UserError(f"{path}: not a readable image (corrupt, or not an image format cv2 reads)")
+    return im
+
+
 class FolderSource:
     """The images a COCO json lists, read from a folder; those not in it are counted as missing."""
 

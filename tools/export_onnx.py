@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from core.errors import ArgumentParser, UserError, run_cli
+from evaluation.inference import normalization_of
+from evaluation.sources import read_bgr
 from model.checkpoint import load_model
 from pipelines.config import PipelineConfig
 
@@ -45,16 +47,6 @@ class PredictGraph(torch.nn.Module):
         return self.model.predict(images)
 
 
-def normalization(ckpt: dict) -> tuple:
-    """(mean, std) RGB in 0..255 that training used: the checkpoint's pipeline config, else the default.
-
-    The graph does no normalization itself; this only makes the check's input what the network saw.
-    """
-    pipeline = (ckpt.get("config") or {}).get("pipeline") or {}
-    default = PipelineConfig()
-    return tuple(pipeline.get("mean", default.mean)), tuple(pipeline.get("std", default.std))
-
-
 def letterbox(image_bgr: np.ndarray, size: int, mean, std, fill: float = 0.0) -> np.ndarray:
     """BGR uint8 [H, W, 3] -> normalized RGB float32 [3, size, size]: scaled to fit, padded right/bottom."""
     h, w = image_bgr.shape[:2]
@@ -63,15 +55,6 @@ def letterbox(image_bgr: np.ndarray, size: int, mean, std, fill: float = 0.0) ->
     canvas = np.full((size, size, 3), fill, np.float32)
     canvas[:nh, :nw] = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_AREA)[..., ::-1]
     return ((canvas - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1).astype(np.float32)
-
-
-def read_image(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise UserError(f"{path}: no such image")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"{path}: not a readable image")
-    return image
 
 
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset):
@@ -105,14 +88,14 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
 
-    image = read_image(args.image)
+    image = read_bgr(args.image)
     model, skeleton, ckpt = load_model(args.weights, device="cpu")
     size = args.input_size or int(ckpt["input_size"])
     if size <= 0 or size % model.cfg.input_multiple:
         raise UserError(f"--input-size {size}: must be a positive multiple of {model.cfg.input_multiple}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    mean, std = normalization(ckpt)
+    mean, std = normalization_of(ckpt)  # the graph does no normalization: feed it what training did
     images = np.repeat(letterbox(image, size, mean, std, fill=PipelineConfig().fill)[None], args.batch_size, axis=0)
     graph = PredictGraph(model).eval()
     with torch.no_grad():
