@@ -50,7 +50,8 @@ def main(argv=None):
     output = Path(args.output) if args.output else default_output(args.input, kind)
     # heavy imports after the arguments and the input are checked
     from core.skeleton import load_skeleton
-    from evaluation.inference import Preprocess, normalization_of, resolve_device
+    from core.device import resolve_device
+    from evaluation.inference import Preprocess
     from evaluation.sources import read_bgr
     from grouping import GroupingConfig
     from model.checkpoint import load_model
@@ -58,7 +59,7 @@ def main(argv=None):
     if not Path(args.weights).is_file():
         raise UserError(f"{args.weights}: no such checkpoint file")
     model, skeleton, ckpt = load_model(args.weights, args.device, skeleton=load_skeleton(args.skeleton))
-    prep = Preprocess(int(ckpt["input_size"]), model.cfg.input_multiple, *normalization_of(ckpt))
+    prep = Preprocess.of_checkpoint(ckpt, model.cfg.input_multiple)
     find = PeopleFinder(model, skeleton, prep, GroupingConfig(), args)
 
     records = []
@@ -93,7 +94,7 @@ class PeopleFinder:
         self.model, self.skeleton, self.prep, self.cfg, self.args = model, skeleton, prep, cfg, args
 
     def __call__(self, bgr):
-        from evaluation.geometry import input_to_image
+        from core.frame import input_to_image
         from evaluation.inference import predict_maps
         from grouping import group_batch
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -6,7 +6,8 @@
     python eval.py --weights runs/coco/last.pt --shards shards/val --flip --scales 0.5 1 1.5 2
 
 Each image is scaled so its height is the checkpoint's input_size (512 for COCO: the original's
-inference rule), padded into batches (evaluation/inference.py), run through the network (CUDA:
+inference rule; core/frame.py, the frame training's validation and `center: frame` use too),
+padded into batches (evaluation/inference.py), run through the network (CUDA:
 bfloat16 autocast), optionally with the flip test and several scales averaged, grouped into
 people (grouping/) and written as COCO results: --out, by default `<weights>.results.json`
 beside the weights (replaced atomically on every run). COCOeval scores every image that was
@@ -59,19 +60,20 @@ def main(argv=None):
     args = parse_args(argv)
     # heavy imports after the arguments are checked: a typo costs no torch import
     from evaluation.coco import STAT_NAMES, evaluate_keypoints, format_table, write_results
-    from evaluation.inference import Preprocess, normalization_of, resolve_device
+    from core.device import resolve_device
+    from evaluation.inference import Preprocess
     from evaluation.runner import run_model
     from evaluation.sources import FolderSource, ShardSource
     from grouping import GroupingConfig
     from model.checkpoint import load_model
     args.device = resolve_device(args.device)
-    if args.shards is not None:
-        source = ShardSource(args.shards, args.annotations, args.limit)
+    model, skeleton, ckpt = load_model(args.weights, args.device)
+    if args.shards is not None:  # shards of another skeleton than the checkpoint's: one line
+        source = ShardSource(args.shards, args.annotations, args.limit, skeleton=skeleton)
     else:
         source = FolderSource(args.images, args.annotations, args.limit)
-    model, skeleton, ckpt = load_model(args.weights, args.device)
-    mean, std = normalization_of(ckpt)
-    prep = Preprocess(int(ckpt["input_size"]), model.cfg.input_multiple, mean, std)
+    # the frame the model was trained in (training's validation uses the same one)
+    prep = Preprocess.of_checkpoint(ckpt, model.cfg.input_multiple)
 
     run = run_model(model, source, skeleton, prep, GroupingConfig(), args.scales, args.flip,
                     args.device, args.batch_size, model.cfg.stride)

@@ -6,6 +6,7 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
         train_ddp.py --config ...                            # the same line on every node
     ... --resume                                             # continue from OUT/last.pt
+    ... --val-shards DIR [--val-limit N]                     # COCO AP every val_every steps, best.pt
 
 The process group comes from torchrun's environment only (NCCL on GPU, gloo on CPU). Each rank
 reads its own part of the shards; every rank takes the same number of steps per epoch.
@@ -18,12 +19,20 @@ arrives, always under a temporary name and then renamed. It holds the weights fo
 weights, optimizer, grad scaler, step and epoch (the learning rate is a function of the step),
 every rank's data position and random generator states.
 
+With validation shards (--val-shards or `val_shards`), every `val_every` steps and at the end the
+inference weights are scored by eval.py's own code (training/validation.py: the same frame,
+flip, scales and grouping; every rank its share of the images, one COCOeval on rank 0). The ten
+COCO numbers go to log.jsonl (kind "val"), AP to the progress bar, and OUT/best.pt (inference
+fields only: `python eval.py --weights OUT/best.pt`) is rewritten, atomically, whenever AP
+improves. Validation time is logged on its own line and counts neither as step time nor as data wait.
+
 A step whose gradient is not finite (NaN/inf loss on any rank, or an fp16 overflow) is skipped
 and counted; max_bad_steps of them in a row stop the run, leaving the last checkpoint as it was.
 """
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,20 +45,24 @@ from core.config import to_dict
 from core.errors import ArgumentParser, UserError, run_cli
 from core.files import write_text_atomic
 from core.skeleton import Skeleton, load_skeleton
+from evaluation.sources import ShardSource
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.imhn import build_model
 from model.loss import multiscale_loss
 from pipelines.loader import make_loader
+from pipelines.target_check import check_gpu_path
 from training.config import TrainConfig, load_train_config
 from training.distributed import (Dist, any_rank, barrier, gather_objects, init_distributed,
-                                  mean_over_ranks, ranks_agree, shutdown)
+                                  mean_over_ranks, on_every_rank, ranks_agree, shutdown)
 from training.ema import EMA
 from training.log import BusySampler, IntervalMeter, JsonlLog, gpu_busy_sampler, gpu_stats
 from training.optim import build_optimizer, learning_rate
 from training.rng import rng_state, set_rng_state
 from training.signals import StopRequest
+from training.validation import Validator
 
 CHECKPOINT = "last.pt"
+BEST = "best.pt"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -73,6 +86,9 @@ class Run:
     bad_streak: int = 0             # ... in a row, up to now
     saved_step: int | None = None   # step of the checkpoint on disk
     gpu_busy: BusySampler | None = None  # rank 0 on GPU: utilization samples for the log
+    validator: Validator | None = None   # with validation shards
+    best_ap: float = -1.0           # best validation AP so far (read back from best.pt on resume)
+    last_ap: float | None = None    # the latest validation AP, shown on the progress bar
 
 
 def train_step(run: Run, batch: dict, lr: float):
@@ -115,7 +131,8 @@ def fit(run: Run, loader, log: JsonlLog, stop: StopRequest):
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     log.write("start", step=run.step, total_steps=total, steps_per_epoch=steps_per_epoch,
               world_size=d.world_size, device=str(d.device), amp=run.amp,
-              global_batch=cfg.pipeline.batch_size * d.world_size)
+              global_batch=cfg.pipeline.batch_size * d.world_size,
+              val_images=len(run.validator) if run.validator else 0)
     bar = tqdm(total=total, initial=run.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
     meter = IntervalMeter()
     reason = "done" if run.step >= total else None
@@ -144,6 +161,10 @@ def fit(run: Run, loader, log: JsonlLog, stop: StopRequest):
             # no periodic checkpoint inside a streak of bad steps: the last good one stays on disk
             if reason or (run.step % cfg.checkpoint_every == 0 and run.bad_streak == 0):
                 save(run, loader, log)
+            # after the save: a preemption during validation loses no training; not on a signal,
+            # which wants the process gone soon
+            if run.validator and (reason == "done" or (cfg.val_every and run.step % cfg.val_every == 0)):
+                meter.exclude(validate(run, log, bar))
             if reason or run.epoch_batches == 0:
                 break
     bar.close()
@@ -169,8 +190,28 @@ def report(run: Run, meter: IntervalMeter, lr: float, log: JsonlLog, bar):
     log.write("train", step=run.step, epoch=run.epoch, lr=lr, **stats, bad_steps=run.bad_steps,
               images_per_s=images_per_s, step_ms=1000 * wall / steps, **gpu_stats(run.dist.device, run.gpu_busy))
     if stats:
+        ap = {} if run.last_ap is None else {"AP": f"{run.last_ap:.3f}"}
         bar.set_postfix(loss=f"{stats['loss']:.4g}", img_s=f"{images_per_s:.1f}",
-                        wait=f"{100 * stats['data_wait']:.0f}%", refresh=False)
+                        wait=f"{100 * stats['data_wait']:.0f}%", **ap, refresh=False)
+
+
+def validate(run: Run, log: JsonlLog, bar) -> float:
+    """Score the inference weights on the val shards (all ranks); rank 0 logs the numbers and
+    writes OUT/best.pt when AP improves. Returns the seconds it took, the same on every rank."""
+    start = time.perf_counter()
+    fields = inference_fields(run)
+    stats = run.validator(fields)
+    if run.dist.is_main:
+        improved = stats["AP"] > run.best_ap
+        log.write("val", step=run.step, epoch=run.epoch, **stats, best=improved)
+        run.last_ap = stats["AP"]  # on the bar from the next report on
+        if improved:
+            run.best_ap = stats["AP"]
+            save_checkpoint({**fields, "step": run.step, "val": stats}, run.out / BEST)
+        bar.write(f"step {run.step}: val AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f} AR {stats['AR']:.3f} "
+                  f"({stats['images']} images, {stats['seconds']:.1f} s)" + (f" -> {BEST}" if improved else ""))
+    barrier(run.dist)  # best.pt complete before any rank goes on (or exits)
+    return time.perf_counter() - start
 
 
 def raise_bad_streak(run: Run, log: JsonlLog):
@@ -190,16 +231,13 @@ def save(run: Run, loader, log: JsonlLog):
     rngs = gather_objects(d, rng_state())
     identical = ranks_agree(d, run.model)
     if d.is_main:
-        weights = run.model.state_dict()
-        ckpt = {"model": run.ema.shadow if run.ema else weights,
-                "model_config": to_dict(run.cfg.model), "skeleton": run.skeleton.to_dict(),
-                "input_size": run.cfg.pipeline.input_size,
+        ckpt = {**inference_fields(run),
                 "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
                 "step": run.step, "epoch": run.epoch,
                 "epoch_batches": run.epoch_batches, "bad_steps": run.bad_steps,
-                "world_size": d.world_size, "data": data, "rng": rngs, "config": to_dict(run.cfg)}
+                "world_size": d.world_size, "data": data, "rng": rngs}
         if run.ema:
-            ckpt["train_model"] = weights
+            ckpt["train_model"] = run.model.state_dict()
             ckpt["ema_updates"] = run.ema.updates
         path = save_checkpoint(ckpt, run.out / CHECKPOINT)
         log.write("checkpoint", step=run.step, path=str(path), ranks_identical=identical)
@@ -207,6 +245,15 @@ def save(run: Run, loader, log: JsonlLog):
             print(f"warning: the ranks' weights differ at step {run.step}", file=sys.stderr)
     run.saved_step = run.step
     barrier(d)  # nobody exits (on SIGTERM) before the file is complete
+
+
+def inference_fields(run: Run) -> dict:
+    """What eval.py and demo.py read from a checkpoint (model.checkpoint): the weights to use for
+    inference (the EMA's when there is one), the model config, the skeleton, the input size
+    (the inference frame's height) and the training config (its normalization)."""
+    return {"model": run.ema.shadow if run.ema else run.model.state_dict(),
+            "model_config": to_dict(run.cfg.model), "skeleton": run.skeleton.to_dict(),
+            "input_size": run.cfg.pipeline.input_size, "config": to_dict(run.cfg)}
 
 
 def resume(run: Run, ckpt: dict, loader):
@@ -223,6 +270,9 @@ def resume(run: Run, ckpt: dict, loader):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.step, run.epoch, run.bad_steps = ckpt["step"], ckpt["epoch"], ckpt["bad_steps"]
     run.saved_step = run.step
+    best = run.out / BEST
+    if best.is_file():  # a resumed run only replaces best.pt with better weights
+        run.best_ap = load_checkpoint(best).get("val", {}).get("AP", run.best_ap)
     if ckpt["world_size"] == d.world_size:
         loader.load_state_dict(ckpt["data"][d.rank])
         run.epoch_batches = ckpt["epoch_batches"]
@@ -263,9 +313,10 @@ def build_run(cfg: TrainConfig, d: Dist, skeleton: Skeleton, out: Path) -> Run:
     net = model.train()
     if d.is_distributed:
         # static_graph: the same parameters are used every step, which lets DDP skip its unused-
-        # parameter search and overlap the all-reduce with the backward pass
+        # parameter search and overlap the all-reduce with the backward pass; not under
+        # torch.compile, whose DDP support expects static_graph=False (pytorch/pytorch#93672)
         net = DistributedDataParallel(model, device_ids=[d.local_rank] if cuda else None,
-                                      gradient_as_bucket_view=True, static_graph=True)
+                                      gradient_as_bucket_view=True, static_graph=not cfg.compile)
     if cfg.compile:
         net.compile()  # in place: the plain module's state_dict keeps its parameter names
     amp = cfg.resolve_amp(d.device.type)
@@ -299,36 +350,60 @@ def parse_args(argv):
     p.add_argument("--out", help="output folder; default: the config's `out`")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    return p.parse_args(argv)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: GPU LOCAL_RANK when CUDA is present, else the CPU (default)")
+    p.add_argument("--no-target-check", action="store_true",
+                   help="skip comparing the first GPU batch (DALI GPU pipeline, CuPy targets) with the "
+                        "CPU pipeline and the torch reference")
+    p.add_argument("--val-shards", help="validation shards folder (COCO AP every val_every steps and at "
+                                        "the end, best.pt); default: the config's `val_shards`")
+    p.add_argument("--val-limit", type=int, help="validate on the first N images only (config `val_limit`)")
+    args = p.parse_args(argv)
+    if args.val_limit is not None and args.val_limit < 1:
+        p.error(f"--val-limit must be at least 1, got {args.val_limit}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_train_config(args.config, shards=args.shards, out=args.out, max_steps=args.max_steps)
+    cfg = load_train_config(args.config, shards=args.shards, out=args.out, max_steps=args.max_steps,
+                            val_shards=args.val_shards, val_limit=args.val_limit)
     if not cfg.shards:
         raise UserError(f"{args.config}: no training shards: pass --shards DIR or set `shards:`")
     skeleton = load_skeleton(cfg.skeleton_path())
     out = Path(cfg.out)
     ckpt = read_resume_checkpoint(cfg, skeleton, out, args.resume)  # a bad file fails before any work
-    d = init_distributed()
+    if cfg.val_shards:  # unusable val shards fail before any work too
+        ShardSource(cfg.val_shards, skeleton=skeleton)
+    d = init_distributed(args.device)
     stop = StopRequest()
     run = loader = None
     try:
         configure_torch(cfg, d)
         run = build_run(cfg, d, skeleton, out)
+        run.validator = Validator(cfg, skeleton, d) if cfg.val_shards else None
         loader = make_loader(cfg.shards, cfg.pipeline, skeleton, device=d.device.type, rank=d.rank,
                              world_size=d.world_size, train=True)
+        checked = None
+        if d.device.type == "cuda" and not args.no_target_check:
+            # a wrong target map or a drifting GPU pipeline would train quietly and badly: compare
+            # the first batch with the CPU pipeline and the torch reference (a few seconds)
+            checked = on_every_rank(d, check_gpu_path, cfg.shards, cfg.pipeline, skeleton, str(d.device),
+                                    d.rank, d.world_size)
         if ckpt is not None:
             resume(run, ckpt, loader)
             del ckpt
         else:
             loader.set_epoch(0)
+        log = JsonlLog(out / "log.jsonl", active=d.is_main)
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_config(cfg, run)
             run.gpu_busy = gpu_busy_sampler(d.device)
+            if checked:
+                log.write("gpu_check", **checked)
         barrier(d)
-        fit(run, loader, JsonlLog(out / "log.jsonl", active=d.is_main), stop)
+        fit(run, loader, log, stop)
     finally:
         stop.restore()
         if run is not None and run.gpu_busy is not None:

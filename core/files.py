@@ -9,11 +9,16 @@ def write_text_atomic(path, text: str) -> Path:
 
     A crash leaves either the old file or the new one, never a torn one (ARCHITECTURE.md, Errors).
     """
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """write_text_atomic for bytes (a PNG, say)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary output files
         os.replace(tmp, path)
     except BaseException:

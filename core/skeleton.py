@@ -55,6 +55,12 @@ class Skeleton:
         return {"limbs": slice(0, L), "keypoints": slice(L, L + K),
                 "person_mask": L + K, "keypoint_max": L + K + 1}
 
+    def channel_names(self) -> tuple:
+        """[C] names of the channels, in channel_slices order, for messages and plots."""
+        names = self.keypoints
+        return (tuple(f"limb {names[a]}-{names[b]}" for a, b in self.limbs)
+                + tuple(f"keypoint {n}" for n in names) + ("person mask", "keypoint max"))
+
     def channel_flip(self) -> tuple:
         """[C] permutation of channels under a horizontal flip (limbs, keypoints; extras stay)."""
         L, K = self.num_limbs, self.num_keypoints

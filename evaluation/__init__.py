@@ -1,6 +1,5 @@
-"""Evaluation: network maps of whole images, COCO results and COCOeval (eval.py, tools, demo.py).
+"""Evaluation (in the inference frame of core/frame.py): network maps of whole images, COCO results and COCOeval (eval.py, tools, demo.py).
 
-    geometry.py   the inference frame (image scaled to a fixed height) <-> original pixels
     inference.py  resize, pad, batch, predict, flip test, multi-scale averaging -> maps
     runner.py     the loop: batches -> maps -> grouping -> COCO results, timed per stage
     sources.py    images and ground truth from a folder + COCO json, or from shards

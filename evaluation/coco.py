@@ -17,7 +17,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.files import write_text_atomic
-from evaluation.geometry import input_to_image
+from core.frame import input_to_image
 
 # pycocotools' stats order for iouType "keypoints"
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -56,7 +56,7 @@ def people_to_results(people: list, image_id: int, skeleton, scale: float) -> li
         people: grouping output: {"keypoints": [K', 3] (x, y, score) input pixels, "score"}.
         image_id: the COCO image id.
         skeleton: drops the derived keypoints (dataset's K in its order remain).
-        scale: input pixels per original pixel (evaluation.geometry.inference_scale).
+        scale: input pixels per original pixel (core.frame.inference_scale).
     """
     results = []
     for p in people:

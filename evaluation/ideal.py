@@ -1,6 +1,6 @@
 """Ideal maps: what a perfect network would output for an image, rendered from its ground truth.
 
-The image is taken to the inference frame (height `target_height`, evaluation.geometry) and the
+The image is taken to the inference frame (height `target_height`, core.frame) and the
 keypoints are rendered there with the training target renderer (pipelines.targets, CPU
 reference), at the map size the network would produce for that input. Grouping these maps and
 evaluating the result measures the grouping alone (tools/gt_upper_bound.py, tests).
@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation.coco import people_to_results
-from evaluation.geometry import image_to_input, inference_scale, map_size, scaled_size
+from core.frame import image_to_input, inference_scale, map_size, scaled_size
 from grouping import GroupingConfig, group
 from pipelines.targets import TargetConfig, render_targets
 

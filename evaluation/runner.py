@@ -30,11 +30,13 @@ class Run:
 
 
 def run_model(model, source, skeleton, prep: Preprocess, cfg: GroupingConfig, scales=(1.0,),
-              flip=False, device="cpu", batch_size=8, stride=4) -> Run:
+              flip=False, device="cpu", batch_size=8, stride=4, progress=True) -> Run:
+    """Every image of `source` through the model and the grouping (a tqdm bar on a terminal,
+    unless `progress` is False)."""
     run = Run()
     start = time.perf_counter()
     total = len(source) if hasattr(source, "__len__") else None
-    bar = tqdm(total=total, desc="eval", unit="img", disable=not sys.stderr.isatty())
+    bar = tqdm(total=total, desc="eval", unit="img", disable=not (progress and sys.stderr.isatty()))
     for chunk in _chunks(iter(source), batch_size):
         ids, images = zip(*chunk)
         t0 = time.perf_counter()

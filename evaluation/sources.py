@@ -72,13 +72,24 @@ class FolderSource:
 
 
 class ShardSource:
-    """The samples of a shards folder (shards/reader.py) and their ground truth (see module)."""
+    """The samples of a shards folder (shards/reader.py) and their ground truth (see module).
 
-    def __init__(self, shards_dir, annotations=None, limit=None):
-        from shards.reader import read_manifest_strict
+    With `limit` only the first `limit` samples (shard order) count. With rank / world_size
+    this process yields only its share of them: sample n goes to rank n % world_size (several
+    processes evaluating one set, training's validation). `skeleton`, when given, must be the
+    one the shards were made for. Missing, empty or foreign shards are UserErrors here, before
+    any image is read.
+    """
+
+    def __init__(self, shards_dir, annotations=None, limit=None, rank=0, world_size=1, skeleton=None):
+        from shards.reader import check_skeleton, read_manifest_strict
         self.shards_dir = Path(shards_dir)
+        if not self.shards_dir.is_dir():
+            raise UserError(f"{shards_dir}: shards folder not found")
         manifest = read_manifest_strict(shards_dir)
-        self.limit = limit
+        if skeleton is not None:
+            check_skeleton(manifest, shards_dir, skeleton)
+        self.rank, self.world_size = rank, world_size
         self.missing = []
         self.samples = {}  # image_id -> (kpts [P, K, 3], meta): for a rebuilt ground truth
         source = annotations or (manifest.get("source") or {}).get("annotations")
@@ -88,18 +99,23 @@ class ShardSource:
         self.note = "" if self.annotations else (
             f"ground truth rebuilt from the shards ({source or 'no source json'} is not here): "
             f"crowd regions are not counted")
-        self.count = sum(s["samples"] for s in manifest.get("shards", []))
+        self.total = sum(s["samples"] for s in manifest.get("shards", []))
+        if not self.total:
+            raise UserError(f"{shards_dir}: the shards hold no samples")
         if limit is not None:
-            self.count = min(self.count, limit)
+            self.total = min(self.total, limit)
 
     def __len__(self):
-        return self.count
+        """Samples this rank yields."""
+        return len(range(self.rank, self.total, self.world_size))
 
     def __iter__(self):
         from shards.reader import iter_samples
         for n, s in enumerate(iter_samples(self.shards_dir)):
-            if self.limit is not None and n >= self.limit:
+            if n >= self.total:
                 return
+            if n % self.world_size != self.rank:
+                continue
             self.samples[s["image_id"]] = (s["kpts"], s["meta"])
             yield s["image_id"], decode_rgb(s["jpg"], f"{self.shards_dir}/{s['key']}.jpg")
 

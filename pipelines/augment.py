@@ -7,12 +7,14 @@ same code builds the CPU and the GPU pipeline (pipelines/pipeline.py). Frames:
     map cells         the targets, S / stride a side; cell j's centre is input pixel stride * j + (stride - 1) / 2
 The affine M maps original -> input pixels:
     M = T((S - 1) / 2) . R(angle) . Scale(s * (-1 if flip else 1), s) . T(-(centre + shift))
-with the centre on a random main person (or the image centre) and s its normalized scale times
-a random scale (AugmentConfig).
+with the centre on a random main person, the image centre or a window of the inference frame
+(core/frame.py), and s its normalized scale times a random scale (AugmentConfig).
 """
 import numpy as np
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
+
+from core.frame import inference_scale, window_centre
 
 _FAR = 1e7  # stands for +-infinity in box reductions over unlabelled keypoints (finite: 0 * _FAR = 0)
 
@@ -81,7 +83,8 @@ def sample_affine(kp, image_shape, aug, input_size: int, num_keypoints: int, tra
     Args:
         kp: [P, K, 3] keypoints, original pixels.
         image_shape: [3] (H, W, C) of the original image (fn.peek_image_shape).
-        aug: AugmentConfig; ignored (no augmentation, whole image fitted) when not `train`.
+        aug: AugmentConfig; ignored when not `train`: then no augmentation, and the input is the
+            left S x S window of the inference frame (core/frame.py), as eval.py sees the image.
         input_size: S.
         num_keypoints: K, keypoints per person in the data.
     Returns:
@@ -94,9 +97,16 @@ def sample_affine(kp, image_shape, aug, input_size: int, num_keypoints: int, tra
     fit = S / dmath.max(width, height)                       # whole image inside the input
     mid_x, mid_y = (width - 1.0) * 0.5, (height - 1.0) * 0.5
     if not train:  # flip stays a graph node (always 0) because the pipeline outputs it
-        return fn.stack(mid_x, mid_y), fit, 0.0, coin(0.0)
+        scale = inference_scale(height, S)
+        return fn.stack(*window_centre(scale, input_size)), scale, 0.0, coin(0.0)
 
-    if aug.center == "person":
+    if aug.center == "frame":
+        # eval.py's frame (height S); a frame wider than S is cropped at a random offset, one
+        # narrower is padded on the right as eval.py pads it
+        scale = inference_scale(height, S)
+        spare = dmath.max(width * scale - S, 0.0)
+        cx, cy = window_centre(scale, input_size, fn.random.uniform(range=[0.0, 1.0]) * spare)
+    elif aug.center == "person":
         found, px, py, size = choose_main_person(with_dummy_person(kp, num_keypoints), aug.main_min_keypoints)
         person_scale = dmath.min(aug.target_dist * S / dmath.max(size, 1.0), aug.max_upscale)
         scale = found * person_scale + (1.0 - found) * fit

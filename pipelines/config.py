@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pipelines.targets import TargetConfig
 
-CENTER_MODES = ("person", "random", "image")
+CENTER_MODES = ("person", "random", "image", "frame")
 IMAGE_DTYPES = ("float32", "float16")
 
 
@@ -23,7 +23,10 @@ class AugmentConfig:
     person (at least `main_min_keypoints` labelled keypoints) is scaled so that the larger side
     of its keypoint box is `target_dist` x input size, and the crop is centred on it; without
     such a person (or with "image") the whole image is fitted into the input; "random" scales
-    the shorter image side to the input and centres the crop on a uniformly random point.
+    the shorter image side to the input and centres the crop on a uniformly random point;
+    "frame" is eval.py's inference frame (core/frame.py: image height = input size, image at the
+    left, padded on the right; a wider image cropped at a uniformly random horizontal offset), so
+    a model trained without the random parts is evaluated in exactly the frame it learned.
     """
     scale_prob: float = 0.8          # probability of a random scale (else 1)
     scale_min: float = 0.7           # random scale range, multiplies the normalized scale
@@ -36,7 +39,7 @@ class AugmentConfig:
     flip_prob: float = 0.5           # horizontal flip (left/right keypoints swapped)
     tint_prob: float = 0.2           # colour tint: per-channel gains ...
     tint_strength: float = 0.2       # ... uniform in [1 - strength, 1 + strength]
-    center: str = "person"           # one of CENTER_MODES
+    center: str = "person"           # one of CENTER_MODES: the normalization before the random parts
 
     def __post_init__(self):
         if self.center not in CENTER_MODES:

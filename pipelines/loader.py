@@ -27,7 +27,7 @@ import torch
 from core.errors import UserError
 from pipelines.batch import finish_keypoints, flag_masks
 from pipelines.targets import render_targets
-from shards.reader import read_manifest_strict
+from shards.reader import check_skeleton, read_manifest_strict
 
 
 def make_loader(shards_dir, cfg, skeleton, device="cpu", rank=0, world_size=1, train=True):
@@ -40,7 +40,8 @@ def make_loader(shards_dir, cfg, skeleton, device="cpu", rank=0, world_size=1, t
         device: "cpu" (DALI CPU operators, no CUDA needed) or "cuda" (mixed decode, GPU warps,
             the CuPy target kernel; the current CUDA device, or "cuda:N").
         rank, world_size: this process's part of the data (DALI shard_id / num_shards).
-        train: augment and shuffle; False fits each whole image into the input, in shard order.
+        train: augment and shuffle; False: the left S x S window of the inference frame
+            (core/frame.py), no augmentation, in shard order.
     """
     return Loader(shards_dir, cfg, skeleton, device, rank, world_size, train)
 
@@ -179,6 +180,11 @@ class _EpochPipeline:
 
     def _build_guarded(self, loader, retire):
         try:
+            if loader.device.type == "cuda":
+                # the current device is per thread and a new one starts on GPU 0: without this the
+                # first batch's DLPack hand-over (legacy default stream) would sync with GPU 0's
+                # stream on every other rank, and open a context there
+                torch.cuda.set_device(loader.device)
             if retire is not None:
                 retire.close()
             self._build(loader)
@@ -238,10 +244,7 @@ def _shard_files(shards_dir, skeleton):
     if not shards_dir.is_dir():
         raise UserError(f"{shards_dir}: shards folder not found")
     manifest = read_manifest_strict(shards_dir)
-    names = manifest.get("keypoint_names")
-    if names is not None and len(names) != skeleton.num_dataset:
-        raise UserError(f"{shards_dir}: shards hold {len(names)} keypoints per person, the skeleton "
-                        f"'{skeleton.name}' has {skeleton.num_dataset}")
+    check_skeleton(manifest, shards_dir, skeleton)
     paths, index_paths, total = [], [], 0
     for entry in manifest.get("shards", []):
         tar, idx = shards_dir / entry["name"], shards_dir / entry.get("index", Path(entry["name"]).stem + ".idx")

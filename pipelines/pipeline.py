@@ -23,7 +23,7 @@ def augment_pipeline(paths, index_paths, cfg, num_keypoints: int, device: str, s
                      num_shards: int, train: bool, reader_seed: int):
     """Args: paths / index_paths of the tar shards, cfg: PipelineConfig, num_keypoints: K in the
     data, device: "cpu" or "gpu", shard_id / num_shards: this rank's part, train: augment and
-    shuffle (else fit the whole image, keep the order), reader_seed: the shuffle's seed."""
+    shuffle (else the inference frame, core/frame.py; keep the order), reader_seed: the shuffle's seed."""
     gpu = device == "gpu"
     S, stride = cfg.input_size, cfg.targets.stride
     jpg, kpts, mask_png = fn.readers.webdataset(
@@ -37,9 +37,10 @@ def augment_pipeline(paths, index_paths, cfg, num_keypoints: int, device: str, s
         kp, fn.peek_image_shape(jpg, adjust_orientation=False), cfg.augment, S, num_keypoints, train)
     m_keypoints, m_image, m_mask = augment.affine_matrices(centre, scale, angle, flip, S, stride)
 
-    # COCO's keypoints refer to the stored pixel grid: ignore EXIF orientation when decoding
+    # COCO's keypoints refer to the stored pixel grid: ignore EXIF orientation when decoding;
+    # fancy upsampling: the mixed decoder's chroma as libjpeg-turbo's on the CPU (no-op there)
     image = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                              adjust_orientation=False)
+                              adjust_orientation=False, jpeg_fancy_upsampling=True)
     # warp_perspective rather than warp_affine: the same bilinear warp (to a level), 4x faster on
     # CPU in DALI 2.4, and it takes pixel centres at integers (pixel_origin="center") as we do
     image = fn.experimental.warp_perspective(image, matrix=m_image, size=[S, S], inverse_map=False,

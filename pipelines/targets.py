@@ -21,7 +21,8 @@ are made on squared distances, identically in both implementations.
 
 `render_targets` picks the implementation by device: the CuPy kernel on CUDA tensors
 (pipelines/targets_cuda.py), the windowed torch reference below on CPU. A parity test holds
-them together.
+them together. `TargetConfig.backend: torch` runs the reference on CUDA tensors too: the
+fallback where CuPy or NVRTC is missing or suspect (pipelines/target_check.py finds that out).
 """
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 _TILE = 8  # limb windows are covered by TILE x TILE blocks of map cells (bounded work per block)
+BACKENDS = ("cupy", "torch")  # what renders on CUDA tensors; CPU tensors always take the reference
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TargetConfig:
     limb_sigma: float = 7.0      # Gaussian sigma of the distance to a limb segment, input pixels
     threshold: float = 0.015     # map values below this are set to 0 (gives each map its width)
     person_mask_erode: int = 1   # map cells eroded off the person-mask channel (original: 3x3 erosion)
+    backend: str = "cupy"        # on CUDA: the CuPy kernel, or "torch" (the reference, slower)
 
     def __post_init__(self):
         if self.stride < 1 or self.keypoint_sigma <= 0 or self.limb_sigma <= 0:
@@ -47,6 +50,8 @@ class TargetConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.person_mask_erode < 0:
             raise ValueError(f"person_mask_erode must be >= 0, got {self.person_mask_erode}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
     def keypoint_radius(self) -> float:
         """Distance (input pixels) beyond which a keypoint heatmap is exactly 0."""
@@ -79,7 +84,7 @@ def render_targets(keypoints: torch.Tensor, masks: torch.Tensor, skeleton, cfg: 
     Returns:
         [B, C, H, W] float32 on the device of `keypoints`, C = skeleton.num_channels.
     """
-    if keypoints.is_cuda:
+    if keypoints.is_cuda and cfg.backend == "cupy":
         from pipelines.targets_cuda import render_targets_cuda
         return render_targets_cuda(keypoints, masks, skeleton, cfg)
     return render_targets_reference(keypoints, masks, skeleton, cfg)

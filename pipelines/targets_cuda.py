@@ -6,6 +6,10 @@ definition in pipelines/targets.py. The keypoints are read straight from the tor
 through DLPack (no copy), the kernel runs on torch's current stream and nothing waits for
 it on the host. The skeleton's limb table is compiled into the kernel (one build per skeleton).
 The person-mask and keypoint-max channels are torch operations on the same stream.
+
+Without a GPU the same source string is checked twice in CI: NVRTC compiles it for sm_80 and
+sm_90 (tests/test_targets_kernel.py), and pipelines/targets_host.py builds it for the CPU with
+the system C++ compiler, so its results are compared with the torch reference.
 """
 import functools
 
@@ -75,19 +79,30 @@ extern "C" __global__ void render_maps(
 """
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel(limbs: tuple):
-    import cupy
-    table = [k for pair in limbs for k in pair] or [0]
-    source = _SOURCE % {"limb_table_size": len(table), "limb_table": ", ".join(map(str, table)),
-                        "num_limbs": len(limbs)}
-    return cupy.RawKernel(source, "render_maps", options=("--fmad=false",))  # no fused multiply-add: rounds as the CPU reference does
+KERNEL = "render_maps"             # the kernel's name in the source
+NVRTC_OPTIONS = ("--fmad=false",)  # no fused multiply-add: rounds as the CPU reference does
 
 
-def render_targets_cuda(keypoints: torch.Tensor, masks: torch.Tensor, skeleton, cfg) -> torch.Tensor:
-    """CUDA implementation of pipelines.targets.render_targets (same arguments, same result)."""
-    import cupy
+def kernel_source(limbs: tuple) -> str:
+    """The CUDA C++ source of the kernel for a skeleton's limbs ((a, b), ...).
 
+    The one string NVRTC compiles on the GPU (here), and that pipelines/targets_host.py compiles
+    for the CPU and tests/test_targets_kernel.py compiles with NVRTC on a machine without a GPU.
+    """
+    table = [k for pair in limbs for k in pair] or [0]  # a C array needs at least one element
+    return _SOURCE % {"limb_table_size": len(table), "limb_table": ", ".join(map(str, table)),
+                      "num_limbs": len(limbs)}
+
+
+def render_with(launch, keypoints: torch.Tensor, masks: torch.Tensor, skeleton, cfg) -> torch.Tensor:
+    """pipelines.targets.render_targets with the kernel run by `launch` (same arguments, same result).
+
+    `launch(source, grid, block, args)` runs kernel_source(skeleton.limbs) on `grid` blocks of
+    `block` threads; args are the kernel's 16 arguments in order: the keypoints [B, P, K', 3]
+    and the output [B, C, H, W] (float32 contiguous tensors on the keypoints' device), then
+    numpy int32 / float32 scalars. The person-mask and keypoint-max channels are torch
+    operations on that device, after the kernel.
+    """
     B, P, K, _ = keypoints.shape
     H, W = masks.shape[-2:]
     if K != skeleton.num_keypoints:
@@ -99,19 +114,49 @@ def render_targets_cuda(keypoints: torch.Tensor, masks: torch.Tensor, skeleton, 
     out = torch.empty(B, C, H, W, device=kp.device, dtype=torch.float32)
     total = B * (L + K) * H * W
     if total:
-        stream = torch.cuda.current_stream(kp.device)
-        with cupy.cuda.Device(kp.device.index), cupy.cuda.ExternalStream(stream.cuda_stream, kp.device.index):
-            _kernel(tuple(skeleton.limbs))(
-                ((total + _THREADS - 1) // _THREADS,), (_THREADS,),
-                (cupy.from_dlpack(kp), cupy.from_dlpack(out), np.int32(B), np.int32(P), np.int32(K),
-                 np.int32(C), np.int32(H), np.int32(W), np.float32(cfg.stride),
-                 np.float32((cfg.stride - 1) / 2), np.float32(-1 / (2 * cfg.keypoint_sigma ** 2)),
-                 np.float32(cfg.keypoint_radius() ** 2), np.float32(-1 / (2 * cfg.limb_sigma ** 2)),
-                 np.float32(cfg.limb_half_width() ** 2), np.int32(sl["limbs"].start),
-                 np.int32(sl["keypoints"].start)))
+        launch(kernel_source(tuple(skeleton.limbs)), (total + _THREADS - 1) // _THREADS, _THREADS,
+               [kp, out, np.int32(B), np.int32(P), np.int32(K), np.int32(C), np.int32(H), np.int32(W),
+                np.float32(cfg.stride), np.float32((cfg.stride - 1) / 2),
+                np.float32(-1 / (2 * cfg.keypoint_sigma ** 2)), np.float32(cfg.keypoint_radius() ** 2),
+                np.float32(-1 / (2 * cfg.limb_sigma ** 2)), np.float32(cfg.limb_half_width() ** 2),
+                np.int32(sl["limbs"].start), np.int32(sl["keypoints"].start)])
     fill_extra_channels(out, masks, skeleton, cfg)
     if K:
         out[:, sl["keypoint_max"]] = out[:, sl["keypoints"]].amax(dim=1)
     else:
         out[:, sl["keypoint_max"]] = 0
     return out
+
+
+def render_targets_cuda(keypoints: torch.Tensor, masks: torch.Tensor, skeleton, cfg) -> torch.Tensor:
+    """CUDA implementation of pipelines.targets.render_targets (same arguments, same result)."""
+    return render_with(_launch_cupy, keypoints, masks, skeleton, cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(source: str):
+    import cupy
+    return cupy.RawKernel(source, KERNEL, options=NVRTC_OPTIONS)  # compiled on first call, cached on disk
+
+
+def _launch_cupy(source: str, grid: int, block: int, args: list):
+    """Run the kernel on torch's current stream of the tensors' device; nothing waits for it."""
+    import cupy
+
+    device = args[0].device
+    stream = torch.cuda.current_stream(device)
+    if not hasattr(stream, "__cuda_stream__"):  # torch before the CUDA stream protocol (2.11)
+        stream = _StreamProtocol(stream.cuda_stream)
+    with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(stream):
+        _kernel(source)((grid,), (block,),
+                        tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args))
+
+
+class _StreamProtocol:
+    """A raw CUDA stream handle behind the CUDA stream protocol, for cupy.cuda.Stream.from_external."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self):
+        return (0, self.handle)

@@ -26,6 +26,14 @@ def read_manifest_strict(shards_dir) -> dict:
         raise UserError(f"{path}: not valid json ({e})") from None
 
 
+def check_skeleton(manifest: dict, shards_dir, skeleton):
+    """A UserError when the shards hold another number of keypoints per person than `skeleton`."""
+    names = manifest.get("keypoint_names")
+    if names is not None and len(names) != skeleton.num_dataset:
+        raise UserError(f"{shards_dir}: shards hold {len(names)} keypoints per person, the skeleton "
+                        f"'{skeleton.name}' has {skeleton.num_dataset}")
+
+
 def shard_paths(shards_dir) -> list:
     """The tar files the manifest lists, in order."""
     manifest = read_manifest_strict(shards_dir)

@@ -1,4 +1,5 @@
 """Shared fixtures: the bundled sample, the skeleton, shards made once per session, GPU skip."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -48,6 +49,14 @@ def run_tool(*args, check=True, timeout=600, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def load_tool(name: str):
+    """The module of tools/<name>.py (the tools are scripts, not a package), to test its functions."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

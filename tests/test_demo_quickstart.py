@@ -21,13 +21,15 @@ def quickstart(tmp_path_factory):
 
 def test_quickstart_leaves_every_output_it_announces(quickstart):
     out, stdout = quickstart
-    for name in ("shards/train/manifest.json", "shards/val/manifest.json", "train/last.pt",
-                 "train/log.jsonl", "metrics.json", "demo.jpg", "demo.json"):
+    for name in ("shards/train/manifest.json", "shards/val/manifest.json", "train/last.pt", "train/best.pt",
+                 "train/log.jsonl", "metrics.json", "curves.png", "demo.jpg", "demo.json"):
         assert (out / name).is_file(), name
         assert str(out / name.split("/")[0]) in stdout or name.startswith("shards")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == 31 and 0 <= metrics["AP"] <= 1
-    assert "poor skeletons" in stdout
+    assert metrics["train"]["images"] == 28 and metrics["val"]["images"] == 31
+    assert all(0 <= m["AP"] <= 1 for m in metrics.values())
+    assert "images it trained on" in stdout and "poor skeletons" in stdout
+    assert cv2.imread(str(out / "curves.png")) is not None
 
 
 def test_demo_draws_and_writes_coco_keypoints(quickstart, tmp_path):

@@ -138,13 +138,36 @@ def test_oracle_maps_through_the_whole_chain_score_like_ideal_maps(val, skeleton
     assert stats["AP"] >= 0.95, stats
 
 
+def test_an_images_maps_do_not_depend_on_its_batch(skeleton):
+    """A portrait and a landscape image: batched together, each gets the maps it gets alone (a
+    real IMHN, whose deep features see the whole padded input, would see the padding otherwise)."""
+    from evaluation.inference import predict_maps
+    from model.config import ModelConfig
+    from model.imhn import build_model
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(num_stacks=1, depth=2, width=8, increment=4, num_scales=2, se_reduction=2,
+                                    stem_width=8, stem_dilations=[2]), skeleton.num_channels).eval()
+    rng = np.random.default_rng(0)
+    portrait, landscape = (rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((120, 80, 3), (90, 160, 3)))
+    prep = Preprocess(height=64, multiple=model.cfg.input_multiple)
+    both = predict_maps(model, [portrait, landscape], prep, skeleton, scales=(1.0, 0.75), flip=True)
+    for i, image in enumerate((portrait, landscape)):
+        alone = predict_maps(model, [image], prep, skeleton, scales=(1.0, 0.75), flip=True)
+        h, w = alone.maps.shape[-2:]
+        torch.testing.assert_close(both.maps[i, :, :h, :w], alone.maps[0], rtol=0, atol=1e-5)
+        assert (both.sizes[i] == alone.sizes[0]).all() and np.allclose(both.scales[i], alone.scales[0])
+
+
 def test_batches_pad_to_the_network_multiple():
     prep = Preprocess(height=128, multiple=64)
     images = [np.zeros((480, 640, 3), np.uint8), np.zeros((500, 375, 3), np.uint8)]
     b = prep.batch(images)
     assert tuple(b.images.shape) == (2, 3, 128, 192)  # 171 and 96 wide -> 192
+    portrait = prep.batch(images[1:])
+    assert tuple(portrait.images.shape) == (1, 3, 128, 128)  # 96 wide -> 128: at least square
     assert b.sizes.tolist() == [[128, 171], [128, 96]]
-    np.testing.assert_allclose(b.scales, [[171 / 640, 128 / 480], [96 / 375, 128 / 500]])
+    # one scale for x and y, the frame's (core.frame): height / 128, whatever the rounded width
+    np.testing.assert_allclose(b.scales, [[128 / 480, 128 / 480], [128 / 500, 128 / 500]])
     assert (b.images[1, :, :, 96:] == prep.fill).all()
 
 

@@ -1,17 +1,9 @@
 """tools/bench_model.py: the JSON report of the tiny model on the CPU, the peak table, bad input."""
-import importlib.util
 import json
 
 import pytest
 
-from conftest import ROOT, run_tool
-
-
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "tools" / "bench_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_tool, run_tool
 
 
 def test_tiny_on_cpu_reports_throughput_memory_and_flops():
@@ -28,7 +20,7 @@ def test_tiny_on_cpu_reports_throughput_memory_and_flops():
 def test_flops_scale_with_the_input_area():
     from core.config import from_dict, load_yaml
     from model.config import ModelConfig
-    count = bench_module().count_flops
+    count = load_tool("bench_model").count_flops
     tiny = from_dict(ModelConfig, load_yaml(ROOT / "configs/model/tiny.yaml"))
     small, large = count(tiny, 50, 64), count(tiny, 50, 128)
     assert large["forward"] == pytest.approx(4 * small["forward"], rel=0.02)  # all convolutions
@@ -39,7 +31,7 @@ def test_flops_scale_with_the_input_area():
                                         ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
                                         ("Some Future GPU", None)])
 def test_bf16_peak_table(name, peak):
-    assert bench_module().bf16_peak(name) == peak
+    assert load_tool("bench_model").bf16_peak(name) == peak
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path):

@@ -108,9 +108,10 @@ def test_resume_continues_on_exactly_the_same_batches(sample_shards, skeleton):
     assert len(straight) == 2 * 7 and _same(head + tail, straight)
 
 
-def test_without_augmentation_the_image_is_fitted_as_cv2_would(sample_shards, skeleton):
-    """train=False: the whole image scaled into the input, centred, in shard order; keypoints,
-    image and flag mask agree with cv2.warpAffine / numpy applying the same affine."""
+def test_without_augmentation_the_input_is_the_inference_frame_as_cv2_would_make_it(sample_shards, skeleton):
+    """train=False: the left S x S window of the inference frame (height S, core/frame.py), in
+    shard order; keypoints, image and flag mask agree with cv2.warpAffine / numpy applying that
+    affine, and keypoints outside the window are dropped."""
     cfg = PipelineConfig(input_size=128, batch_size=4, num_threads=2, max_people=20)
     S, stride = cfg.input_size, cfg.targets.stride
     samples = list(iter_samples(sample_shards["val"]))
@@ -121,12 +122,13 @@ def test_without_augmentation_the_image_is_fitted_as_cv2_would(sample_shards, sk
     mask_agree = []
     for s, (image, kp, masks) in zip(samples, got):
         h, w = s["mask"].shape
-        scale = S / max(h, w)
-        # original -> input pixels (centres at integers): u = scale * (x - (w - 1) / 2) + (S - 1) / 2
-        m = np.array([[scale, 0, (S - 1) / 2 - scale * (w - 1) / 2], [0, scale, (S - 1) / 2 - scale * (h - 1) / 2]])
+        scale = S / h
+        # original -> input pixels (centres at integers): u = (x + 0.5) * scale - 0.5
+        m = np.array([[scale, 0, 0.5 * scale - 0.5], [0, scale, 0.5 * scale - 0.5]])
         expected = skeleton.add_derived(s["kpts"].copy())
         expected[..., :2] = expected[..., :2] * scale + m[:, 2]
-        want = sorted(map(tuple, np.round(expected[expected[..., 2] > 0], 3).tolist()))
+        inside = (expected[..., 2] > 0) & (expected[..., :2] >= -0.5).all(-1) & (expected[..., :2] < S - 0.5).all(-1)
+        want = sorted(map(tuple, np.round(expected[inside], 3).tolist()))
         have = sorted(map(tuple, np.round(kp[kp[..., 2] > 0].numpy(), 3).tolist()))
         assert np.allclose(np.array(want).reshape(-1, 3), np.array(have).reshape(-1, 3), atol=2e-3)
         rgb = cv2.imdecode(np.frombuffer(s["jpg"], np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)[..., ::-1]
@@ -152,14 +154,72 @@ def test_more_people_than_pmax_keep_the_largest_and_are_counted(sample_shards, s
         stats = loader.stats()
     kept = [kp for b in batches for kp in b["keypoints"]]
     over = 0
+    S = cfg.input_size
     for s, kp in zip(samples, kept):
-        lab = s["kpts"][..., 2] > 0
-        boxes = [np.ptp(p[l, :2], axis=0).prod() if l.sum() else -1 for p, l in zip(s["kpts"], lab)]
-        largest = np.argsort(boxes, kind="stable")[::-1][:2]
+        # the input is the left S x S window of the frame: people are compared by what is in it
+        xy = s["kpts"][..., :2] * (S / s["mask"].shape[0]) + (0.5 * S / s["mask"].shape[0] - 0.5)
+        lab = (s["kpts"][..., 2] > 0) & (xy >= -0.5).all(-1) & (xy < S - 0.5).all(-1)
+        boxes = [np.ptp(p[l], axis=0).prod() if l.sum() else -1 for p, l in zip(xy, lab)]
+        largest = [i for i in np.argsort(boxes, kind="stable")[::-1][:2] if lab[i].any()]
         counts = sorted(int(l.sum()) for l in lab[largest])
         assert sorted(int(c) for c in (kp[:, :skeleton.num_dataset, 2] > 0).sum(1) if c) == counts
-        over += len(s["kpts"]) > 2
+        over += int(lab.any(-1).sum()) > 2
     assert over >= 5 and stats == {"samples": 28, "over_max_people": over, "max_people": 2}
+
+
+def test_frame_mode_is_eval_frame_at_a_random_horizontal_offset(sample_shards, skeleton):
+    """center: frame, nothing else random: each input is an S-wide window of exactly the image
+    eval.py makes (evaluation.inference.Preprocess, the same frame), at one horizontal offset in
+    [0, spare] per sample (0 where the frame is narrower than S, padded as eval.py pads); the
+    offsets vary between samples."""
+    from evaluation.inference import Preprocess
+    from evaluation.sources import decode_rgb
+    cfg = PipelineConfig(input_size=96, batch_size=4, num_threads=1, shuffle_buffer=1,
+                         augment=AugmentConfig(center="frame", scale_prob=0, max_rotation=0, max_shift=0,
+                                               flip_prob=0, tint_prob=0))
+    S = cfg.input_size
+    samples = {s["image_id"]: s for s in iter_samples(sample_shards["val"])}
+    by_keypoints = {i: skeleton.add_derived(s["kpts"].copy()) for i, s in samples.items()}
+    with make_loader(sample_shards["val"], cfg, skeleton) as loader:
+        batches = _collect(loader)
+    prep = Preprocess(S, multiple=cfg.targets.stride, mean=cfg.mean, std=cfg.std, fill=round(cfg.fill))
+    offsets, checked = [], 0
+    for b in batches:
+        for image, kp in zip(b["images"], b["keypoints"]):
+            have = kp[kp[..., 2] > 0].numpy()
+            if len(have) < 3:
+                continue
+            # which sample, and at which offset: the one whose frame keypoints, shifted, match
+            # (y is the frame's exactly, so a keypoint of the same y gives the offset)
+            found = False
+            for image_id, k in by_keypoints.items():
+                H, W = samples[image_id]["mask"].shape
+                frame = k[k[..., 2] > 0][:, :2] * (S / H) + (0.5 * S / H - 0.5)
+                for dx in frame[np.abs(frame[:, 1] - have[0, 1]) < 2e-3, 0] - have[0, 0]:
+                    shifted = frame - [dx, 0]
+                    shifted = shifted[(shifted >= -0.5).all(1) & (shifted < S - 0.5).all(1)]
+                    found = len(shifted) == len(have) and np.allclose(
+                        np.sort(shifted, 0), np.sort(have[:, :2], 0), atol=2e-3)
+                    if found:
+                        break
+                if found:
+                    break
+            else:
+                raise AssertionError("a sample's keypoints are no shifted copy of any image's frame keypoints")
+            spare = max(W * S / H - S, 0)
+            assert -1e-3 <= dx <= spare + 1e-3
+            offsets.append(dx)
+            eval_image = prep.batch([decode_rgb(samples[image_id]["jpg"], "x")]).images[0].permute(1, 2, 0).numpy()
+            x0 = int(round(dx))
+            if abs(dx - x0) < 0.05:  # a whole-pixel offset: the same pixels as eval.py's
+                window = np.full((S, S, 3), cfg.fill, np.float32)
+                part = eval_image[:, x0:x0 + S]
+                window[:, :part.shape[1]] = part
+                pixels = image.permute(1, 2, 0).numpy() * np.array(cfg.std) + np.array(cfg.mean)
+                assert np.abs(pixels - window).mean() < 1  # one affine, one interpolation: decoders differ
+                checked += 1
+    assert len(offsets) >= 12 and len({round(o, 1) for o in offsets}) > 3  # random offsets, not one
+    assert 0 in {round(o) for o in offsets} and checked  # portrait images: no offset, right side padded
 
 
 @pytest.mark.parametrize("center, dtype", [("random", "float16"), ("image", "float32")])

@@ -1,6 +1,5 @@
 """tools/show_targets.py and tools/bench_pipeline.py as a user runs them, and the benchmark's
 classic baseline doing the same work as the pipeline."""
-import importlib.util
 import json
 
 import cv2
@@ -8,16 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_tool
+from conftest import load_tool, run_tool
 from pipelines.config import PipelineConfig
 from pipelines.loader import make_loader
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", ROOT / "tools" / "bench_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_show_targets_writes_one_sheet_per_sample(sample_shards, tmp_path):
@@ -65,7 +57,7 @@ def test_bench_pipeline_user_errors_exit_2(tmp_path):
 def test_classic_baseline_renders_the_same_targets(sample_shards, skeleton):
     """The benchmark compares like with like: the classic per-sample NumPy renderer gives the
     pipeline's targets for the pipeline's own keypoints and masks."""
-    bench = _bench_module()
+    bench = load_tool("bench_pipeline")
     cfg = PipelineConfig(input_size=256, batch_size=4, num_threads=2)
     with make_loader(sample_shards["train"], cfg, skeleton) as loader:
         batch = next(iter(loader))
@@ -75,7 +67,7 @@ def test_classic_baseline_renders_the_same_targets(sample_shards, skeleton):
 
 
 def test_classic_dataset_item_matches_the_batch_contract(sample_shards, skeleton):
-    bench = _bench_module()
+    bench = load_tool("bench_pipeline")
     cfg = PipelineConfig(input_size=128, batch_size=2, max_people=5)
     item = bench.ClassicDataset(bench.read_raw(sample_shards["train"]), cfg, skeleton)[3]
     assert item["images"].shape == (3, 128, 128) and item["keypoints"].shape == (5, skeleton.num_keypoints, 3)

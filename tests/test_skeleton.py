@@ -98,3 +98,10 @@ def test_config_rejects_unknown_keys_and_wrong_types():
         from_dict(_Outer, {"inner": {"sigam": 2}}, "x")
     with pytest.raises(UserError, match="x.size: expected an integer"):
         from_dict(_Outer, {"size": "big"}, "x")
+
+
+def test_channel_names_follow_the_channel_order(skeleton):
+    names, sl = skeleton.channel_names(), skeleton.channel_slices()
+    assert len(names) == skeleton.num_channels
+    assert names[sl["limbs"].start] == "limb neck-nose" and names[sl["keypoints"].start] == "keypoint nose"
+    assert names[sl["person_mask"]] == "person mask" and names[sl["keypoint_max"]] == "keypoint max"

@@ -180,3 +180,25 @@ def test_cuda_kernel_matches_reference_on_augmented_batches(sample_shards, skele
             worst = max(worst, (render_targets_cuda(kp, masks, skeleton, cfg.targets).cpu() - ref).abs().max().item())
             assert (batch["targets"].cpu() - ref).abs().max().item() <= 1e-4
     assert worst <= 1e-4
+
+
+def test_backend_is_checked_and_cpu_tensors_always_take_the_reference(skeleton):
+    from core.config import from_dict
+    from core.errors import UserError
+
+    assert TargetConfig().backend == "cupy"
+    with pytest.raises(UserError, match="backend must be one of cupy, torch"):
+        from_dict(TargetConfig, {"backend": "numba"}, "pipeline.targets")
+    gen = torch.Generator().manual_seed(9)
+    kp, masks = _random_people(gen, 2, 3, skeleton, 256), torch.zeros(2, 2, 64, 64)
+    for backend in ("cupy", "torch"):
+        assert torch.equal(render_targets(kp, masks, skeleton, TargetConfig(backend=backend)),
+                           render_targets_reference(kp, masks, skeleton, CFG))
+
+
+@pytest.mark.gpu
+def test_torch_backend_runs_the_reference_on_cuda_tensors(skeleton):
+    gen = torch.Generator().manual_seed(10)
+    kp, masks = _random_people(gen, 2, 3, skeleton, 256), (torch.rand(2, 2, 64, 64, generator=gen) > 0.5).float()
+    out = render_targets(kp.cuda(), masks.cuda(), skeleton, TargetConfig(backend="torch"))
+    assert out.is_cuda and (out.cpu() - render_targets_reference(kp, masks, skeleton, CFG)).abs().max() <= 1e-5

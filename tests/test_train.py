@@ -22,7 +22,9 @@ from tests.conftest import ROOT, run_tool
 from training.log import read_jsonl
 
 N = 8  # steps of each half; the straight run takes 2N
-ENV = {"OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores: one thread each
+# 2 processes on 2 cores: one thread each; the GPU hidden, this is the CPU path (on a 1-GPU
+# machine rank 1 would otherwise ask for a GPU 1)
+ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def write_config(folder: Path, **changes) -> Path:

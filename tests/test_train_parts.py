@@ -124,6 +124,19 @@ def test_data_wait_counts_only_the_time_blocked_on_the_next_batch():
     assert wait >= 0.15 and wall - wait >= 0.06
 
 
+def test_validation_time_counts_neither_as_step_time_nor_as_data_wait():
+    meter = IntervalMeter()
+    for i in meter.timed(range(2)):
+        time.sleep(0.02)  # the step
+        meter.add(torch.ones(1), ok=True)
+        if i == 0:  # validation, as train_ddp.fit runs it between steps
+            start = time.perf_counter()
+            time.sleep(0.3)
+            meter.exclude(time.perf_counter() - start)
+    wall, wait, steps, _, _ = meter.flush()
+    assert steps == 2 and wait < 0.05 and wall < 0.25  # two 20 ms steps, not 300 ms of validation
+
+
 def test_fingerprint_tells_equal_weights_from_different_ones():
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2))

@@ -95,7 +95,7 @@ def main(argv=None):
         raise UserError(f"--input-size {size}: must be a positive multiple of {model.cfg.input_multiple}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    mean, std = normalization_of(ckpt)  # the graph does no normalization: feed it what training did
+    mean, std, _ = normalization_of(ckpt)  # the graph does no normalization: feed it what training did
     images = np.repeat(letterbox(image, size, mean, std, fill=PipelineConfig().fill)[None], args.batch_size, axis=0)
     graph = PredictGraph(model).eval()
     with torch.no_grad():

@@ -69,6 +69,12 @@ class TrainConfig:
     checkpoint_every: int = 1000       # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     log_every: int = 20                # steps between log lines (JSONL) and loss averages
     max_bad_steps: int = 100           # this many non-finite steps in a row stop the run
+    val_shards: str = ""               # validation shards folder; --val-shards overrides; "" = no validation
+    val_every: int = 0                 # steps between validations (0: only at the end); also at the end
+    val_limit: int = 0                 # > 0: validate on the first N images only; --val-limit overrides
+    val_flip: bool = False             # eval.py --flip
+    val_scales: tuple[float, ...] = (1.0,)  # eval.py --scales
+    val_batch_size: int = 8            # images per forward pass (per process)
     seed: int = 0                      # model initialization (the data has pipeline.seed)
     deterministic: bool = False        # torch.use_deterministic_algorithms (exact resume tests)
 
@@ -81,6 +87,10 @@ class TrainConfig:
             raise ValueError("epochs, checkpoint_every, log_every and max_bad_steps must be >= 1")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if min(self.val_every, self.val_limit) < 0 or self.val_batch_size < 1:
+            raise ValueError("val_every and val_limit must be >= 0, val_batch_size >= 1")
+        if not self.val_scales or min(self.val_scales) <= 0:
+            raise ValueError(f"val_scales must be positive numbers, got {list(self.val_scales)}")
 
     def resolve_amp(self, device_type: str) -> str:
         """The precision in force on `device_type` ("cuda" or "cpu"): bf16, fp16 or fp32."""

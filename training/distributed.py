@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from core.device import resolve_device
+from core.errors import UserError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -35,12 +38,20 @@ def env_rank() -> int:
 def init_distributed(device_type: str = "auto") -> Dist:
     """Join the process group torchrun describes; pick this process's device.
 
-    device_type "auto" takes the GPU LOCAL_RANK when CUDA is present, else the CPU.
+    device_type: "auto" takes the GPU LOCAL_RANK when CUDA is present, else the CPU; "cpu"
+    never touches CUDA (a CPU run on a GPU machine); "cuda" insists on the GPU. A GPU that
+    is not there (no CUDA, or LOCAL_RANK past the GPUs this node shows) is a UserError.
     """
     rank, world_size = env_rank(), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() if device_type == "auto" else device_type == "cuda"
+    if device_type not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device_type}: expected auto, cpu or cuda")
+    use_cuda = resolve_device(device_type) == "cuda"
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} of this node needs GPU {local_rank}, but only "
+                            f"{torch.cuda.device_count()} GPU(s) are visible: lower --nproc_per_node, "
+                            f"or run on the CPU with --device cpu")
         torch.cuda.set_device(local_rank)  # before init: NCCL binds each process to its own GPU
         device = torch.device("cuda", local_rank)
     else:
@@ -81,6 +92,22 @@ def gather_objects(d: Dist, obj) -> list:
     out = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_every_rank(d: Dist, fn, *args, **kwargs):
+    """fn(*args, **kwargs) on every rank; a UserError on any rank is raised on all of them.
+
+    A rank that stopped alone would leave the others waiting in their next collective, so every
+    rank learns of the first failure (by rank) and stops with the same line.
+    """
+    try:
+        result, problem = fn(*args, **kwargs), None
+    except UserError as e:
+        result, problem = None, (f"rank {d.rank}: {e}" if d.is_distributed else str(e))
+    problems = [p for p in gather_objects(d, problem) if p]
+    if problems:
+        raise UserError(problems[0])
+    return result
 
 
 def barrier(d: Dist):

@@ -7,6 +7,9 @@ A line every `log_every` steps (kind "train"):
     mean over the ranks),
     and on GPU gpu_mem_gib (peak allocated in the interval), gpu_reserved_gib, gpu_util (mean
     percent of time a kernel ran, sampled by nvidia-smi five times a second; null without it).
+A line per validation (kind "val", training/validation.py): step, epoch, the ten COCO numbers
+(AP, AP50, AP75, APM, APL, AR, AR50, AR75, ARM, ARL), images, detections, seconds (wall time of
+the validation, left out of the train lines' times), ms_per_image, best (AP improved: best.pt).
 Events: kind "start" (world size, device, amp, steps), "checkpoint" (path, step, ranks_identical),
 "stop" (why the run ended; samples seen by all ranks in this run, and how many of them had more
 than pipeline.max_people people, the smallest of whom were dropped).
@@ -47,6 +50,10 @@ class IntervalMeter:
             if batch is None:
                 return
             yield batch
+
+    def exclude(self, seconds: float):
+        """Leave `seconds` spent on something else (validation) out of the interval's wall time."""
+        self.start += seconds
 
     def add(self, values: torch.Tensor, ok: bool):
         self.steps += 1
