@@ -68,9 +68,10 @@ def test_people_to_results_back_in_original_pixels(skeleton):
 class Oracle:
     """Stands in for the network: predict(x) renders the ideal maps of the batch x shows.
 
-    It recognizes x among the frames eval may feed it (each scale, mirrored or not) by
-    rebuilding them with the same Preprocess, then renders the ground truth in that frame:
-    keypoints scaled like the image, mirrored (left and right swapped) when x is mirrored.
+    It recognizes each input row among the frames eval may feed it (each image of the batch on
+    its own, at each scale, mirrored or not) by rebuilding them with the same Preprocess, so a
+    row padded to any other frame than its image's own fails; then it renders the ground truth
+    in that frame: keypoints scaled like the image, mirrored (left and right swapped) when x is.
     """
 
     def __init__(self, prep, skeleton, scales, truth):
@@ -78,26 +79,32 @@ class Oracle:
         self.batch = []  # (image_id, image) of the batch being run
 
     def predict(self, x):
-        images = [im for _, im in self.batch]
-        for s in self.scales:
-            b = self.prep.batch(images, s)
-            ref = self.prep.normalize(b.images, x.device)
-            for mirrored in (False, True):
-                if ref.shape == x.shape and torch.equal(x, ref.flip(-1) if mirrored else ref):
-                    return self.render(b.scales, mirrored, x.shape, x.device)
+        rows = [self.identify(row) for row in x]  # (image_id, (sx, sy), mirrored)
+        mirrored = {m for _, _, m in rows}
+        assert len(mirrored) == 1, "a batch mixing mirrored and plain inputs"
+        return self.render([(i, sc) for i, sc, _ in rows], mirrored.pop(), x.shape, x.device)
+
+    def identify(self, row):
+        for image_id, im in self.batch:
+            for s in self.scales:
+                b = self.prep.batch([im], s)
+                ref = self.prep.normalize(b.images, row.device)[0]
+                for mirrored in (False, True):
+                    if ref.shape == row.shape and torch.equal(row, ref.flip(-1) if mirrored else ref):
+                        return image_id, b.scales[0], mirrored
         raise AssertionError("the oracle was shown an input eval should not make")
 
-    def render(self, scales, mirrored, shape, device):
+    def render(self, rows, mirrored, shape, device):
         B, _, H, W = shape
         sk = self.skeleton
-        people = max([len(self.truth[i]) for i, _ in self.batch] + [1])
+        people = max([len(self.truth[i]) for i, _ in rows] + [1])
         kp = np.zeros((B, people, sk.num_keypoints, 3), np.float32)
-        for j, (image_id, _) in enumerate(self.batch):
+        for j, (image_id, scale) in enumerate(rows):
             k = self.truth[image_id].copy()
             if not len(k):
                 continue
             labelled = k[..., 2:] > 0
-            k[..., :2] = np.where(labelled, (k[..., :2] + 0.5) * scales[j] - 0.5, 0)
+            k[..., :2] = np.where(labelled, (k[..., :2] + 0.5) * scale - 0.5, 0)
             k = sk.add_derived(k)
             if mirrored:
                 k[..., 0] = np.where(k[..., 2] > 0, W - 1 - k[..., 0], 0)
