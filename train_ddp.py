@@ -6,6 +6,8 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
         train_ddp.py --config ...                            # the same line on every node
     ... --resume                                             # continue from OUT/last.pt
+    torchrun --max-restarts=3 ... --resume auto              # continue if OUT/last.pt exists, else start
+    ... --verify-shards                                      # sha256 of every shard before training
     ... --val-shards DIR [--val-limit N]                     # COCO AP every val_every steps, best.pt
 
 The process group comes from torchrun's environment only (NCCL on GPU, gloo on CPU). Each rank
@@ -26,6 +28,15 @@ COCO numbers go to log.jsonl (kind "val"), AP to the progress bar, and OUT/best.
 fields only: `python eval.py --weights OUT/best.pt`) is rewritten, atomically, whenever AP
 improves. Validation time is logged on its own line and counts neither as step time nor as data wait.
 
+Faults. The same command line must both start a run and continue it, because torchrun
+(--max-restarts) and schedulers (a requeue) restart by rerunning it: `--resume auto` does that.
+checkpoint_minutes bounds the work a preemption loses in wall time; a save killed half-way leaves
+the previous last.pt whole (written under a temporary name, then renamed). Training shards are
+checked against the manifest before training (sizes; sha256 with --verify-shards) and before each
+epoch (sizes); a shard that fails to read is named when it no longer matches (one line, exit 2).
+A rank that dies or freezes in a collective makes the others stop after collective_timeout_minutes
+at most, with one line and exit status 1, so torchrun can restart them all.
+
 A step whose gradient is not finite (NaN/inf loss on any rank, or an fp16 overflow) is skipped
 and counted; max_bad_steps of them in a row stop the run, leaving the last checkpoint as it was.
 """
@@ -33,7 +44,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -42,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from core.config import to_dict
-from core.errors import ArgumentParser, UserError, run_cli
+from core.errors import ArgumentParser, Fault, UserError, run_cli
 from core.files import write_text_atomic
 from core.skeleton import Skeleton, load_skeleton
 from evaluation.sources import ShardSource
@@ -51,8 +62,10 @@ from model.imhn import build_model
 from model.loss import multiscale_loss
 from pipelines.loader import make_loader
 from pipelines.target_check import check_gpu_path
+from shards.integrity import check_shards
+from shards.reader import read_manifest_strict
 from training.config import TrainConfig, load_train_config
-from training.distributed import (Dist, any_rank, barrier, gather_objects, init_distributed,
+from training.distributed import (Dist, any_rank, barrier, gather_objects, init_distributed, lost_rank,
                                   mean_over_ranks, on_every_rank, ranks_agree, shutdown)
 from training.ema import EMA
 from training.log import BusySampler, IntervalMeter, JsonlLog, gpu_busy_sampler, gpu_stats
@@ -85,6 +98,7 @@ class Run:
     bad_steps: int = 0              # non-finite steps so far
     bad_streak: int = 0             # ... in a row, up to now
     saved_step: int | None = None   # step of the checkpoint on disk
+    saved_at: float = field(default_factory=time.monotonic)  # when it was written (or the run began)
     gpu_busy: BusySampler | None = None  # rank 0 on GPU: utilization samples for the log
     validator: Validator | None = None   # with validation shards
     best_ap: float = -1.0           # best validation AP so far (read back from best.pt on resume)
@@ -133,47 +147,54 @@ def fit(run: Run, loader, log: JsonlLog, stop: StopRequest):
               world_size=d.world_size, device=str(d.device), amp=run.amp,
               global_batch=cfg.pipeline.batch_size * d.world_size,
               val_images=len(run.validator) if run.validator else 0)
-    bar = tqdm(total=total, initial=run.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
-    meter = IntervalMeter()
-    reason = "done" if run.step >= total else None
-    while reason is None:
-        for batch in meter.timed(loader):
-            lr = learning_rate(run.step, steps_per_epoch, cfg.optim, d.world_size)
-            values, ok = train_step(run, batch, lr)
-            run.step += 1
-            run.epoch_batches += 1
-            run.bad_streak = 0 if ok else run.bad_streak + 1
-            run.bad_steps += not ok
-            meter.add(values, ok)
-            bar.update()
-            if run.epoch_batches == steps_per_epoch:  # the epoch is over: the next one reshuffles
-                run.epoch, run.epoch_batches = run.epoch + 1, 0
-                loader.set_epoch(run.epoch)
-            if run.step % cfg.log_every == 0 or run.step == total:
-                report(run, meter, lr, log, bar)
-            if run.bad_streak >= cfg.max_bad_steps:
-                bar.close()
-                raise_bad_streak(run, log)
-            if run.step >= total:
-                reason = "done"
-            elif any_rank(d, stop.requested is not None):  # every rank stops after the same step
-                reason = f"stopped by {stop.requested or 'a signal to another rank'}"
-            # no periodic checkpoint inside a streak of bad steps: the last good one stays on disk
-            if reason or (run.step % cfg.checkpoint_every == 0 and run.bad_streak == 0):
-                save(run, loader, log)
-            # after the save: a preemption during validation loses no training; not on a signal,
-            # which wants the process gone soon
-            if run.validator and (reason == "done" or (cfg.val_every and run.step % cfg.val_every == 0)):
-                meter.exclude(validate(run, log, bar))
-            if reason or run.epoch_batches == 0:
-                break
-    bar.close()
+    # closed on the way out of any error too, so the error line starts a line of its own
+    with tqdm(total=total, initial=run.step, disable=not d.is_main, unit="step", dynamic_ncols=True) as bar:
+        meter = IntervalMeter()
+        reason = "done" if run.step >= total else None
+        while reason is None:
+            for batch in meter.timed(loader):
+                lr = learning_rate(run.step, steps_per_epoch, cfg.optim, d.world_size)
+                values, ok = train_step(run, batch, lr)
+                run.step += 1
+                run.epoch_batches += 1
+                run.bad_streak = 0 if ok else run.bad_streak + 1
+                run.bad_steps += not ok
+                meter.add(values, ok)
+                bar.update()
+                if run.epoch_batches == steps_per_epoch:  # the epoch is over: the next one reshuffles
+                    run.epoch, run.epoch_batches = run.epoch + 1, 0
+                    loader.set_epoch(run.epoch)
+                if run.step % cfg.log_every == 0 or run.step == total:
+                    report(run, meter, lr, log, bar)
+                if run.bad_streak >= cfg.max_bad_steps:
+                    raise_bad_streak(run, log)
+                # every rank takes both decisions after the same step (one collective for the two)
+                stopping, time_due = any_rank(d, stop.requested is not None, checkpoint_due(run))
+                if run.step >= total:
+                    reason = "done"
+                elif stopping:
+                    reason = f"stopped by {stop.requested or 'a signal to another rank'}"
+                # no periodic checkpoint inside a streak of bad steps: the last good one stays on disk
+                if reason or ((run.step % cfg.checkpoint_every == 0 or time_due) and run.bad_streak == 0):
+                    save(run, loader, log)
+                # after the save: a preemption during validation loses no training; not on a signal,
+                # which wants the process gone soon
+                if run.validator and (reason == "done" or (cfg.val_every and run.step % cfg.val_every == 0)):
+                    meter.exclude(validate(run, log, bar))
+                if reason or run.epoch_batches == 0:
+                    break
     seen = gather_objects(d, loader.stats())  # samples of this run, and how many had more than Pmax people
     log.write("stop", step=run.step, reason=reason, bad_steps=run.bad_steps,
               samples=sum(s["samples"] for s in seen),
               over_max_people=sum(s["over_max_people"] for s in seen))
     if d.is_main:
         print(f"stopped at step {run.step} ({reason}); checkpoint {run.out / CHECKPOINT}", file=sys.stderr)
+
+
+def checkpoint_due(run: Run) -> bool:
+    """Whether checkpoint_minutes of wall time have passed since the last save (or the start)."""
+    minutes = run.cfg.checkpoint_minutes
+    return minutes > 0 and time.monotonic() - run.saved_at >= 60 * minutes
 
 
 def report(run: Run, meter: IntervalMeter, lr: float, log: JsonlLog, bar):
@@ -243,7 +264,7 @@ def save(run: Run, loader, log: JsonlLog):
         log.write("checkpoint", step=run.step, path=str(path), ranks_identical=identical)
         if not identical:
             print(f"warning: the ranks' weights differ at step {run.step}", file=sys.stderr)
-    run.saved_step = run.step
+    run.saved_step, run.saved_at = run.step, time.monotonic()
     barrier(d)  # nobody exits (on SIGTERM) before the file is complete
 
 
@@ -270,9 +291,7 @@ def resume(run: Run, ckpt: dict, loader):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.step, run.epoch, run.bad_steps = ckpt["step"], ckpt["epoch"], ckpt["bad_steps"]
     run.saved_step = run.step
-    best = run.out / BEST
-    if best.is_file():  # a resumed run only replaces best.pt with better weights
-        run.best_ap = load_checkpoint(best).get("val", {}).get("AP", run.best_ap)
+    run.best_ap = best_ap_on_disk(run.out)  # a resumed run only replaces best.pt with better weights
     if ckpt["world_size"] == d.world_size:
         loader.load_state_dict(ckpt["data"][d.rank])
         run.epoch_batches = ckpt["epoch_batches"]
@@ -284,14 +303,29 @@ def resume(run: Run, ckpt: dict, loader):
         loader.set_epoch(run.epoch)
 
 
-def read_resume_checkpoint(cfg: TrainConfig, skeleton: Skeleton, out: Path, resume_flag: bool):
-    """The checkpoint to continue (--resume), checked against the config; None for a fresh run."""
+def best_ap_on_disk(out: Path) -> float:
+    """The validation AP of OUT/best.pt, -1 without one."""
+    best = out / BEST
+    return load_checkpoint(best).get("val", {}).get("AP", -1.0) if best.is_file() else -1.0
+
+
+def read_resume_checkpoint(cfg: TrainConfig, skeleton: Skeleton, out: Path, resume: str | None):
+    """The checkpoint to continue, checked against the config; None for a fresh run.
+
+    resume: None (a fresh run; OUT/last.pt must not exist), "yes" (--resume: it must) or "auto"
+    (--resume auto: continue when it exists, else start fresh; what a restart needs, since
+    torchrun and schedulers rerun the same command line). A last.pt that is unreadable or from
+    another model or skeleton is refused in every mode, never overwritten by a fresh run.
+    """
     path = out / CHECKPOINT
-    if not resume_flag:
+    if resume is None:
         if path.exists():
-            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+            raise UserError(f"{path} exists: pass --resume (or --resume auto) to continue that run, "
+                            f"or choose another --out")
         return None
     if not path.exists():
+        if resume == "auto":
+            return None
         raise UserError(f"--resume: no checkpoint {path} to continue")
     ckpt = load_checkpoint(path)
     for key in ("optimizer", "step", "data", "rng", "world_size"):
@@ -343,13 +377,47 @@ def write_config(cfg: TrainConfig, run: Run):
                       + yaml.safe_dump(resolved, sort_keys=False))
 
 
+def check_training_shards(shards, verify: bool):
+    """Every training shard present with the manifest's size, and with --verify-shards its sha256:
+    the manifest's shards split over this node's processes, so a node reads each shard once.
+    A damaged one is a UserError naming it (the other processes are ended by torchrun)."""
+    entries = read_manifest_strict(shards).get("shards", [])
+    part, parts = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    check_shards(shards, entries[part::parts] if verify else entries, hash=verify,
+                 progress=verify and part == 0 and sys.stderr.isatty())
+
+
+def remove_stale_temporaries(out: Path):
+    """A save killed half-way (SIGKILL, a lost node) leaves its temporary file; the checkpoint it
+    would have replaced is whole (model/checkpoint.py). Only rank 0 writes there, so at start any
+    such file is a dead process's."""
+    for tmp in list(out.glob(f".{CHECKPOINT}.*.tmp")) + list(out.glob(f".{BEST}.*.tmp")):
+        tmp.unlink(missing_ok=True)
+
+
+def checkpoint_note(run: Run | None, out: Path) -> str:
+    if run is not None and run.saved_step is not None:
+        return f"The last checkpoint, {out / CHECKPOINT} (step {run.saved_step}), is whole: restart with --resume auto"
+    return f"No checkpoint was written by this run; {out / CHECKPOINT} is as it was"
+
+
+def first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(e).__name__
+
+
 def parse_args(argv):
     p = ArgumentParser(description="Train IMHN on shards, on one or many processes (torchrun).")
     p.add_argument("--config", required=True, help="training yaml (configs/tiny.yaml, configs/imhn512.yaml)")
     p.add_argument("--shards", help="training shards folder; default: the config's `shards`")
     p.add_argument("--out", help="output folder; default: the config's `out`")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", nargs="?", const="yes", metavar="auto",
+                   help="continue from OUT/last.pt; `--resume auto`: continue when it exists, else start "
+                        "fresh (for torchrun --max-restarts and scheduler requeues)")
+    p.add_argument("--verify-shards", action="store_true",
+                   help="also check each training shard's sha256 against the manifest before training "
+                        "(sizes are always checked)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: GPU LOCAL_RANK when CUDA is present, else the CPU (default)")
     p.add_argument("--no-target-check", action="store_true",
@@ -361,6 +429,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.val_limit is not None and args.val_limit < 1:
         p.error(f"--val-limit must be at least 1, got {args.val_limit}")
+    if args.resume not in (None, "yes", "auto"):
+        p.error(f"--resume takes no value or `auto`, got {args.resume!r}")
     return args
 
 
@@ -373,9 +443,10 @@ def main(argv=None):
     skeleton = load_skeleton(cfg.skeleton_path())
     out = Path(cfg.out)
     ckpt = read_resume_checkpoint(cfg, skeleton, out, args.resume)  # a bad file fails before any work
-    if cfg.val_shards:  # unusable val shards fail before any work too
+    check_training_shards(cfg.shards, args.verify_shards)  # so do missing or damaged shards
+    if cfg.val_shards:  # and unusable val shards
         ShardSource(cfg.val_shards, skeleton=skeleton)
-    d = init_distributed(args.device)
+    d = init_distributed(args.device, timeout_s=60 * cfg.collective_timeout_minutes)
     stop = StopRequest()
     run = loader = None
     try:
@@ -395,6 +466,8 @@ def main(argv=None):
             del ckpt
         else:
             loader.set_epoch(0)
+            if args.resume == "auto":  # a restart before the first checkpoint: best.pt is this run's
+                run.best_ap = best_ap_on_disk(out)
         log = JsonlLog(out / "log.jsonl", active=d.is_main)
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -402,8 +475,16 @@ def main(argv=None):
             run.gpu_busy = gpu_busy_sampler(d.device)
             if checked:
                 log.write("gpu_check", **checked)
+            remove_stale_temporaries(out)
         barrier(d)
         fit(run, loader, log, stop)
+    except RuntimeError as e:
+        if not lost_rank(e):
+            raise
+        # a rank died or hung (SIGKILL, a lost node) in a collective: this one gets a broken
+        # connection or the timeout; one line, and a status that makes torchrun restart the job
+        raise Fault(f"rank {d.rank}: lost contact with the other ranks ({first_line(e)}); stopping. "
+                    f"{checkpoint_note(run, out)}") from None
     finally:
         stop.restore()
         if run is not None and run.gpu_busy is not None:

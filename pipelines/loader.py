@@ -19,6 +19,7 @@ them once more. While the last batch of an epoch is being used, the next epoch's
 built and starts working in the background, so an epoch boundary costs no pipeline start-up.
 """
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from core.errors import UserError
 from pipelines.batch import finish_keypoints, flag_masks
 from pipelines.targets import render_targets
+from shards.integrity import check_shards
 from shards.reader import check_skeleton, read_manifest_strict
 
 
@@ -59,7 +61,10 @@ class Loader:
             raise ValueError(f"device must be cpu or cuda, got {device!r}")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.paths, self.index_paths, self.num_samples = _shard_files(shards_dir, skeleton)
+        self.shards_dir = Path(shards_dir)
+        self.entries, self.num_samples = _shard_entries(self.shards_dir, skeleton)
+        self.paths = [str(self.shards_dir / e["name"]) for e in self.entries]
+        self.index_paths = [str(self.shards_dir / e["index"]) for e in self.entries]
         self._len = self.num_samples // world_size // cfg.batch_size
         if self._len == 0:
             raise UserError(f"{shards_dir}: {self.num_samples} samples make no full batch of "
@@ -195,6 +200,10 @@ class _EpochPipeline:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
         from pipelines.pipeline import OUTPUTS, augment_pipeline
 
+        # a stat per shard and epoch: a shard truncated or rewritten since the run started stops
+        # it with the shard's name before its bytes are decoded
+        check_shards(loader.shards_dir, loader.entries)
+        self._loader = loader
         cfg, epoch = loader.cfg, self.epoch
         order = np.arange(len(loader.paths))
         shard_id = loader.rank
@@ -210,9 +219,21 @@ class _EpochPipeline:
             batch_size=cfg.batch_size, num_threads=cfg.num_threads,
             device_id=loader.device.index if gpu else None, seed=int(seeds[1] & 0x7FFFFFFF),
             prefetch_queue_depth=cfg.prefetch)
-        self.pipe.build()
-        # computes the first batch (prepare_first_batch): on the thread when in the background
-        self.iterator = DALIGenericIterator([self.pipe], list(OUTPUTS), size=-1, auto_reset=False)
+        with self._read_errors_named():
+            self.pipe.build()
+            # computes the first batch (prepare_first_batch): on the thread when in the background
+            self.iterator = DALIGenericIterator([self.pipe], list(OUTPUTS), size=-1, auto_reset=False)
+
+    @contextmanager
+    def _read_errors_named(self):
+        """A DALI failure (a malformed tar, an undecodable image) becomes the UserError naming the
+        damaged shard when the shards no longer match the manifest (sha256 included); else it is
+        raised as it is, a bug or a fault of ours."""
+        try:
+            yield
+        except RuntimeError:
+            check_shards(self._loader.shards_dir, self._loader.entries, hash=True)
+            raise
 
     def join(self):
         if self._thread is not None:
@@ -228,7 +249,8 @@ class _EpochPipeline:
 
     def next(self) -> dict:
         self.position += 1
-        return next(self.iterator)[0]
+        with self._read_errors_named():
+            return next(self.iterator)[0]
 
     def close(self):
         try:
@@ -238,22 +260,20 @@ class _EpochPipeline:
         self.iterator = self.pipe = None  # DALI frees threads and buffers with the last reference
 
 
-def _shard_files(shards_dir, skeleton):
-    """(tar paths, index paths, total samples) of a shards folder, checked against the skeleton."""
-    shards_dir = Path(shards_dir)
+def _shard_entries(shards_dir: Path, skeleton):
+    """(the manifest's entries of the shards holding samples, total samples) of a shards folder,
+    checked against the skeleton; every listed shard and index file there, of the listed size."""
     if not shards_dir.is_dir():
         raise UserError(f"{shards_dir}: shards folder not found")
     manifest = read_manifest_strict(shards_dir)
     check_skeleton(manifest, shards_dir, skeleton)
-    paths, index_paths, total = [], [], 0
+    entries = []
     for entry in manifest.get("shards", []):
-        tar, idx = shards_dir / entry["name"], shards_dir / entry.get("index", Path(entry["name"]).stem + ".idx")
-        for p in (tar, idx):
-            if not p.is_file():
-                raise UserError(f"{shards_dir}: {p.name} is listed in the manifest but missing; "
-                                f"rerun tools/make_shards.py to repair the folder")
+        entry = {"index": Path(entry["name"]).stem + ".idx", **entry}
+        if not (shards_dir / entry["index"]).is_file():
+            raise UserError(f"{shards_dir}: {entry['index']} is listed in the manifest but missing; "
+                            f"rerun tools/make_shards.py to repair the folder")
         if entry["samples"]:
-            paths.append(str(tar))
-            index_paths.append(str(idx))
-            total += entry["samples"]
-    return paths, index_paths, total
+            entries.append(entry)
+    check_shards(shards_dir, entries)
+    return entries, sum(e["samples"] for e in entries)

@@ -30,7 +30,11 @@ def augment_pipeline(paths, index_paths, cfg, num_keypoints: int, device: str, s
         paths=paths, index_paths=index_paths, ext=["jpg", "kpts", "mask.png"],
         dtypes=[types.UINT8, types.FLOAT, types.UINT8], missing_component_behavior="error",
         shard_id=shard_id, num_shards=num_shards, random_shuffle=train,
-        initial_fill=cfg.shuffle_buffer, seed=reader_seed, name="reader")
+        initial_fill=cfg.shuffle_buffer, seed=reader_seed, name="reader",
+        # plain reads, not mmap: a shard truncated under a mapping kills the process with SIGBUS,
+        # where a read fails with an error the loader traces to the shard (pipelines/loader.py);
+        # DALI also advises it for network filesystems, where shards of a cluster live
+        dont_use_mmap=True)
     kp = fn.reshape(kpts, shape=[-1, num_keypoints, 3])  # raw little-endian float32 [P, K, 3]
 
     centre, scale, angle, flip = augment.sample_affine(

@@ -12,7 +12,6 @@ shard whose sha256 still matches, rewrites listed shards that are missing or dam
 recorded keys, and packs the images no shard holds into new shards. Tars are byte-reproducible
 (fixed mtime, owner and mode), so a rewritten shard is identical to the lost one.
 """
-import hashlib
 import json
 import os
 import tarfile
@@ -22,6 +21,7 @@ import webdataset as wds
 from wds2idx import IndexCreator
 
 from core.files import write_text_atomic
+from shards.integrity import sha256_file, shard_problem
 
 MANIFEST = "manifest.json"
 _BLOCK, _RECORD = 512, tarfile.RECORDSIZE  # tar block and the record size archives are padded to
@@ -94,14 +94,6 @@ def write_shard(out_dir: Path, split: str, number: int, samples) -> dict:
             "bytes": final.stat().st_size, "sha256": sha256_file(final), "keys": [k for k, _ in samples]}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(out_dir: Path):
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
@@ -121,7 +113,7 @@ def check_shards(out_dir: Path, manifest: dict):
     intact, damaged = [], []
     for entry in manifest.get("shards", []):
         path = Path(out_dir) / entry["name"]
-        ok = path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+        ok = shard_problem(path, entry, hash=True) is None
         if ok and not (Path(out_dir) / entry["index"]).is_file():
             with IndexCreator(str(path), str(Path(out_dir) / entry["index"]), verbose=False) as ic:
                 ic.create_index()

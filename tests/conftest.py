@@ -75,3 +75,14 @@ def sample_shards(tmp_path_factory):
                  "--out", d, "--split", split, "--shard-size", "2", "--workers", "2")
         dirs[split] = d
     return dirs
+
+
+@pytest.fixture(scope="session")
+def straight(sample_shards, tmp_path_factory):
+    """A straight training run: 2N steps of configs/tiny.yaml (tests/runs.py) in one go, torchrun
+    with 2 processes, deterministic -> its output folder. Runs that are stopped, killed or split
+    over nodes must end with its weights."""
+    from tests.runs import N, torchrun, write_config
+    folder = tmp_path_factory.mktemp("straight")
+    torchrun(write_config(folder), sample_shards["train"], folder / "out", "--max-steps", 2 * N)
+    return folder / "out"

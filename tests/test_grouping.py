@@ -3,10 +3,13 @@
 Ideal maps come from pipelines.targets.render_targets (CPU reference), so these tests hold the
 grouping to the exact definition of the maps it decodes.
 """
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_tool
 from core.skeleton import skeleton_from_dict
 from evaluation.coco import evaluate_keypoints, load_coco, people_to_results
 from evaluation.ideal import coco_keypoints, group_ideal_maps, ideal_maps
@@ -55,7 +58,9 @@ def test_peaks_land_on_keypoints_to_subpixel_accuracy_in_x_and_y(skeleton):
     # without refinement the error is up to half a cell on each axis: the test can tell
     coarse = np.abs(map_to_input(find_peaks(maps, 0.1, refine=False).xy.numpy(), STRIDE) - xy)
     assert coarse[:, 0].max() > 1.0 and coarse[:, 1].max() > 1.0
-    assert torch.allclose(peaks.score, torch.ones(len(xy)), atol=0.05)
+    # the score is the peak's own height (1), wherever it fell between the cells
+    assert torch.allclose(peaks.score, torch.ones(len(xy)), atol=1e-3)
+    assert find_peaks(maps, 0.1, refine=False).score.min() < 0.97
 
 
 def test_plateau_gives_one_peak_and_threshold_and_valid_area_apply():
@@ -122,6 +127,23 @@ def test_fragment_joins_the_person_it_belongs_to(skeleton):
         assert abs(person["keypoints"][lwri, 0] - truth[lwri, 0]) < 0.5
     alone = group(maps, skeleton, GroupingConfig(fragment_max_keypoints=0), STRIDE)
     assert len(alone) == 4  # without the attachment step: two people and two lone wrists
+
+
+def test_weak_peak_on_a_limb_does_not_displace_the_true_keypoint(skeleton):
+    """A network's maps hold weak spurious peaks; one on the forearm, between elbow and wrist,
+    scores on the limb map as well as the true wrist does. The stronger peak must win."""
+    person = standing_person(skeleton, 100, 30)
+    lelb, lwri = skeleton.index("left_elbow"), skeleton.index("left_wrist")
+    maps = render(person[None], skeleton, 96, 80)
+    spurious = np.zeros_like(person)[None]
+    spurious[0, lwri] = person[lelb] + 0.6 * (person[lwri] - person[lelb])
+    spurious[0, lwri, 2] = 2
+    weak = render(spurious, skeleton, 96, 80)[skeleton.channel_slices()["keypoints"]][lwri]
+    maps[skeleton.channel_slices()["keypoints"]][lwri] = torch.maximum(
+        maps[skeleton.channel_slices()["keypoints"]][lwri], 0.4 * weak)
+    (found, *rest) = group(maps, skeleton, GroupingConfig(), STRIDE)
+    assert np.abs(found["keypoints"][lwri, :2] - person[lwri, :2]).max() < 0.5
+    assert all(p["score"] < found["score"] for p in rest)
 
 
 # -- whole people ---------------------------------------------------------------------------
@@ -247,3 +269,17 @@ def test_grouping_on_cuda_matches_cpu(val_gt, skeleton):
         assert len(cpu) == len(gpu)
         for p, q in zip(cpu, gpu):
             np.testing.assert_allclose(p["keypoints"], q["keypoints"], atol=1e-3)
+
+
+def test_bench_grouping_times_a_checkpoints_own_maps(straight, sample_shards):
+    """tools/bench_grouping.py on a (barely trained, so noisy) model's maps: time and load per image."""
+    proc = run_tool("tools/bench_grouping.py", "--weights", straight / "last.pt", "--shards", sample_shards["val"],
+                    "--limit", "3", "--repeat", "1", "--json")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 3
+    assert 0 < summary["median_ms"] <= summary["p90_ms"] <= summary["max_ms"]
+    assert 0 <= summary["candidates_median"] <= summary["candidates_max"]
+    assert 0 <= summary["pairs_median"] <= summary["pairs_max"]
+    bad = run_tool("tools/bench_grouping.py", "--weights", straight / "last.pt", "--shards", "nowhere",
+                   check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

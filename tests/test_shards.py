@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from conftest import SAMPLE, run_tool
 from shards import build
 from shards.reader import iter_samples
-from shards.writer import sha256_file
+from shards.integrity import sha256_file
 
 TRAIN_JSON = SAMPLE / "annotations" / "person_keypoints_train2017.json"
 

@@ -8,10 +8,7 @@ for bit (resume is exact, wherever it stops). Bad files and configs get one line
 """
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,60 +16,7 @@ import yaml
 
 from model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from tests.conftest import ROOT, run_tool
-from training.log import read_jsonl
-
-N = 8  # steps of each half; the straight run takes 2N
-# 2 processes on 2 cores: one thread each; the GPU hidden, this is the CPU path (on a 1-GPU
-# machine rank 1 would otherwise ask for a GPU 1)
-ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-
-
-def write_config(folder: Path, **changes) -> Path:
-    """configs/tiny.yaml with top-level or dotted ("optim.lr_per_process") keys changed."""
-    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    # ema_decay: the averaged weights go through save, resume and loading too
-    cfg.update(log_every=4, checkpoint_every=1000, deterministic=True, ema_decay=0.9)
-    for key, value in changes.items():
-        *parents, leaf = key.split(".")
-        section = cfg
-        for p in parents:
-            section = section.setdefault(p, {})
-        section[leaf] = value
-    path = folder / "train.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def torchrun_args(config, shards, out, *extra, nproc=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            str(ROOT / "train_ddp.py"), "--config", str(config), "--shards", str(shards), "--out", str(out),
-            *map(str, extra)]
-
-
-def torchrun(config, shards, out, *extra):
-    proc = subprocess.run(torchrun_args(config, shards, out, *extra), cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **ENV})
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def records(out: Path, kind: str) -> list:
-    return [r for r in read_jsonl(out / "log.jsonl") if r["kind"] == kind]
-
-
-def logged_a_step(out: Path) -> bool:
-    try:
-        return bool(records(out, "train"))
-    except (FileNotFoundError, ValueError):  # not there yet, or a line half written
-        return False
-
-
-@pytest.fixture(scope="module")
-def straight(sample_shards, tmp_path_factory):
-    """2N steps in one go on 2 processes -> its output folder."""
-    folder = tmp_path_factory.mktemp("straight")
-    torchrun(write_config(folder), sample_shards["train"], folder / "out", "--max-steps", 2 * N)
-    return folder / "out"
+from tests.runs import ENV, N, logged, popen, records, torchrun, torchrun_args, write_config
 
 
 def test_loss_falls_and_ranks_stay_identical(straight):
@@ -121,13 +65,10 @@ def test_sigterm_then_resume_gives_the_straight_runs_weights(straight, sample_sh
     """SIGTERM after a step or two; the checkpoint it leaves resumes to exactly the straight run."""
     config = write_config(tmp_path, log_every=1)  # (log_every does not change the training)
     out = tmp_path / "out"
-    # a session of its own, so that a failing test can end torchrun and its workers together
-    proc = subprocess.Popen(torchrun_args(config, sample_shards["train"], out, "--max-steps", 2 * N),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ENV}, start_new_session=True)
+    proc = popen(torchrun_args(config, sample_shards["train"], out, "--max-steps", 2 * N))
     try:
         deadline = time.monotonic() + 120
-        while not logged_a_step(out):
+        while not logged(out, "train"):
             assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers

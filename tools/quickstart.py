@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The whole chain on the bundled sample, on a CPU machine: shards -> training -> eval -> demo.
 
-    python tools/quickstart.py                 # about twelve minutes on 2 CPU cores
+    python tools/quickstart.py                 # 7 to 17 minutes on 2 CPU cores (machines differ 2.5x)
     python tools/quickstart.py --steps 20      # a quick look that everything runs (what CI tests)
 
 Every step is the real command line a user would type (printed before it runs), so this file
@@ -36,7 +36,8 @@ DEMO_IMAGE = SAMPLE / "val2017" / "000000214753.jpg"
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
-    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000, ~9 min on 2 cores)")
+    p.add_argument("--steps", type=int, default=700,
+                   help="training steps (default 700, the overfit recipe's: 6 to 15 minutes on 2 cores)")
     p.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -47,10 +48,9 @@ def main(argv=None):
              "--annotations", SAMPLE / "annotations" / f"person_keypoints_{split}2017.json",
              "--out", folder, "--split", split)
     train = out / "train"
-    resume = ["--resume"] if (train / "last.pt").is_file() else []
     step(py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "train_ddp.py",
          "--config", "configs/overfit.yaml", "--shards", shards["train"], "--val-shards", shards["val"],
-         "--out", train, "--max-steps", args.steps, *resume)
+         "--out", train, "--max-steps", args.steps, "--resume", "auto")  # a rerun continues
     weights = train / "last.pt"
     metrics = {split: json.loads(step(py, "eval.py", "--weights", weights, "--shards", shards[split], "--json",
                                       capture=True).strip().splitlines()[-1])

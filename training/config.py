@@ -67,6 +67,11 @@ class TrainConfig:
     epochs: int = 100                  # the facts file records no total; 100 = 6 decays of the schedule
     max_steps: int = 0                 # > 0: stop after this many optimizer steps; --max-steps overrides
     checkpoint_every: int = 1000       # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
+    checkpoint_minutes: float = 0.0    # > 0: also one at least this often, wall time: a preemption
+                                       # loses at most this much work however long a step takes
+    collective_timeout_minutes: float = 30.0  # a collective waiting longer (a rank died or froze
+                                       # without torchrun noticing) stops the run with one line;
+                                       # above the longest validation, which other ranks wait out
     log_every: int = 20                # steps between log lines (JSONL) and loss averages
     max_bad_steps: int = 100           # this many non-finite steps in a row stop the run
     val_shards: str = ""               # validation shards folder; --val-shards overrides; "" = no validation
@@ -85,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if min(self.epochs, self.checkpoint_every, self.log_every, self.max_bad_steps) < 1:
             raise ValueError("epochs, checkpoint_every, log_every and max_bad_steps must be >= 1")
+        if self.checkpoint_minutes < 0 or self.collective_timeout_minutes <= 0:
+            raise ValueError("checkpoint_minutes must be >= 0 and collective_timeout_minutes > 0")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if min(self.val_every, self.val_limit) < 0 or self.val_batch_size < 1:

@@ -6,6 +6,7 @@ NCCL on GPU, gloo on CPU.
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -35,15 +36,19 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-def init_distributed(device_type: str = "auto") -> Dist:
+def init_distributed(device_type: str = "auto", timeout_s: float | None = None) -> Dist:
     """Join the process group torchrun describes; pick this process's device.
 
     device_type: "auto" takes the GPU LOCAL_RANK when CUDA is present, else the CPU; "cpu"
     never touches CUDA (a CPU run on a GPU machine); "cuda" insists on the GPU. A GPU that
     is not there (no CUDA, or LOCAL_RANK past the GPUs this node shows) is a UserError.
+    timeout_s: how long a collective waits for the other ranks before it raises
+    (torch.distributed.DistError) instead of hanging on a rank that died or froze; None keeps
+    torch's default.
     """
     rank, world_size = env_rank(), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    check_restartable()
     if device_type not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device_type}: expected auto, cpu or cuda")
     use_cuda = resolve_device(device_type) == "cuda"
@@ -58,8 +63,36 @@ def init_distributed(device_type: str = "auto") -> Dist:
         device = torch.device("cpu")
     if world_size > 1:
         kwargs = {"device_id": device} if use_cuda else {}
+        if timeout_s is not None:
+            kwargs["timeout"] = timedelta(seconds=timeout_s)
         dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return Dist(rank, world_size, local_rank, device)
+
+
+def lost_rank(e: BaseException) -> bool:
+    """Whether `e` is a collective failing because another rank is gone or frozen: NCCL raises
+    torch.distributed.DistError, gloo a RuntimeError from its transport (a broken connection,
+    "Timed out waiting ...ms", or "Application timeout caused pair closure" after the process
+    group's timeout)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or (
+        isinstance(e, RuntimeError) and ("gloo/transport" in text or "caused pair closure" in text))
+
+
+def check_restartable():
+    """Refuse torchrun --max-restarts with the rendezvous store shared with the workers.
+
+    By default torchrun's c10d rendezvous lends its own store to the workers' process group, and
+    a restarted group then reads the previous attempt's addresses from it: the first restart
+    fails to connect (pytorch/pytorch#135712; seen with torch 2.13: "Gloo connectFullMesh failed
+    ... Connection refused"). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, read by torchrun itself,
+    gives every attempt a store of its own. Told at the start, not after the first fault.
+    """
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
+        raise UserError("torchrun --max-restarts: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's "
+                        "environment, or a restart reuses the failed attempt's addresses and cannot connect "
+                        "(pytorch/pytorch#135712)")
 
 
 def shutdown(d: Dist):
@@ -67,13 +100,14 @@ def shutdown(d: Dist):
         dist.destroy_process_group()
 
 
-def any_rank(d: Dist, flag: bool) -> bool:
-    """True on every rank when `flag` is true on some rank (a stop request, say)."""
+def any_rank(d: Dist, *flags: bool) -> list:
+    """[flag true on some rank, for each flag] on every rank (a stop request, a checkpoint due),
+    all in one collective."""
     if not d.is_distributed:
-        return flag
-    t = torch.tensor([int(flag)], device=d.device)
+        return [bool(f) for f in flags]
+    t = torch.tensor([int(f) for f in flags], device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def mean_over_ranks(d: Dist, t: torch.Tensor) -> torch.Tensor:
