@@ -62,7 +62,7 @@ from model.imhn import build_model
 from model.loss import multiscale_loss
 from pipelines.loader import make_loader
 from pipelines.target_check import check_gpu_path
-from shards.integrity import check_shards
+from shards.integrity import require_intact
 from shards.reader import read_manifest_strict
 from training.config import TrainConfig, load_train_config
 from training.distributed import (Dist, any_rank, barrier, gather_objects, init_distributed, lost_rank,
@@ -383,7 +383,7 @@ def check_training_shards(shards, verify: bool):
     A damaged one is a UserError naming it (the other processes are ended by torchrun)."""
     entries = read_manifest_strict(shards).get("shards", [])
     part, parts = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    check_shards(shards, entries[part::parts] if verify else entries, hash=verify,
+    require_intact(shards, entries[part::parts] if verify else entries, hash=verify,
                  progress=verify and part == 0 and sys.stderr.isatty())
 
 

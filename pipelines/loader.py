@@ -28,7 +28,7 @@ import torch
 from core.errors import UserError
 from pipelines.batch import finish_keypoints, flag_masks
 from pipelines.targets import render_targets
-from shards.integrity import check_shards
+from shards.integrity import require_intact
 from shards.reader import check_skeleton, read_manifest_strict
 
 
@@ -202,7 +202,7 @@ class _EpochPipeline:
 
         # a stat per shard and epoch: a shard truncated or rewritten since the run started stops
         # it with the shard's name before its bytes are decoded
-        check_shards(loader.shards_dir, loader.entries)
+        require_intact(loader.shards_dir, loader.entries)
         self._loader = loader
         cfg, epoch = loader.cfg, self.epoch
         order = np.arange(len(loader.paths))
@@ -232,7 +232,7 @@ class _EpochPipeline:
         try:
             yield
         except RuntimeError:
-            check_shards(self._loader.shards_dir, self._loader.entries, hash=True)
+            require_intact(self._loader.shards_dir, self._loader.entries, hash=True)
             raise
 
     def join(self):
@@ -275,5 +275,5 @@ def _shard_entries(shards_dir: Path, skeleton):
                             f"rerun tools/make_shards.py to repair the folder")
         if entry["samples"]:
             entries.append(entry)
-    check_shards(shards_dir, entries)
+    require_intact(shards_dir, entries)
     return entries, sum(e["samples"] for e in entries)

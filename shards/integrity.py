@@ -2,7 +2,7 @@
 against the manifest.
 
     problem = shard_problem(path, entry, hash=False)   # None, or why the shard is damaged
-    check_shards(shards_dir, entries, hash=True)       # a UserError naming the first damaged one
+    require_intact(shards_dir, entries, hash=True)     # a UserError naming the first damaged one
 
 Training checks the sizes at every start and before every epoch's pipeline reads the shards, so
 a truncated or overwritten shard stops the run with its name instead of feeding garbage to the
@@ -48,7 +48,7 @@ def damage_error(shards_dir, name: str, problem: str) -> UserError:
                      f"tools/make_shards.py with --out {shards_dir} to rewrite it")
 
 
-def check_shards(shards_dir, entries: list, hash: bool = False, progress: bool = False):
+def require_intact(shards_dir, entries: list, hash: bool = False, progress: bool = False):
     """Raise damage_error for the first of the manifest `entries` (of folder `shards_dir`) that is
     missing, of another size, or (hash=True) of another sha256."""
     for entry in tqdm(entries, desc="verify shards", unit="shard", disable=not progress):
