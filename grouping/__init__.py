@@ -28,7 +28,7 @@ __all__ = ["GroupingConfig", "group", "group_batch", "to_dataset_keypoints", "fi
            "score_limbs", "assemble", "Peaks", "Connections"]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def group_batch(maps: torch.Tensor, skeleton, cfg: GroupingConfig, stride: int, sizes=None) -> list:
     """People in every image of a batch.
 
@@ -45,8 +45,10 @@ def group_batch(maps: torch.Tensor, skeleton, cfg: GroupingConfig, stride: int, 
     ch = skeleton.channel_slices()
     B = maps.shape[0]
     K = skeleton.num_keypoints
+    maps = maps.float()
     peaks = find_peaks(maps[:, ch["keypoints"]], cfg.peak_threshold, cfg.nms_window, cfg.refine, sizes,
                        cfg.max_peaks)
+    peaks = _drop_hopeless(peaks, maps[:, ch["limbs"]], cfg.min_mean_score)
     heights = None if sizes is None else torch.as_tensor(sizes, device=maps.device).view(B, 2)[:, 0]
     conns = score_limbs(maps[:, ch["limbs"]], peaks, skeleton.limbs, K, cfg, heights)
 
@@ -66,6 +68,27 @@ def group_batch(maps: torch.Tensor, skeleton, cfg: GroupingConfig, stride: int, 
                          c_end[c0:c1] - p0, c_score[c0:c1], skeleton, cfg)
         results.append([_person(slots, score, p_xy[p0:p1], p_score[p0:p1]) for slots, score in found])
     return results
+
+
+def _drop_hopeless(peaks: Peaks, limb_maps: torch.Tensor, floor: float) -> Peaks:
+    """The peaks less those of images where nobody can pass assembly's mean-score floor.
+
+    A person's mean score averages its peaks' heights and its connections' scores, and a
+    connection scores at most its limb map's maximum. In an image whose strongest peak and limb
+    maps' maximum are both below the floor, no grouping keeps anyone: an untrained network's
+    maps (hundreds of weak peaks, thousands of limb pairs: BENCHMARKS.md) then cost one
+    reduction instead of the whole grouping. The result is exactly the same.
+    """
+    if not len(peaks):
+        return peaks
+    B = limb_maps.shape[0]
+    strongest = torch.full((B,), float("-inf"), device=peaks.score.device)
+    strongest = strongest.scatter_reduce(0, peaks.image, peaks.score, "amax")
+    hopeless = strongest < floor
+    if not hopeless.any():
+        return peaks
+    hopeless &= limb_maps.amax((1, 2, 3)) < floor
+    return peaks.take((~hopeless[peaks.image]).nonzero().squeeze(1))
 
 
 def group(maps: torch.Tensor, skeleton, cfg: GroupingConfig, stride: int) -> list:

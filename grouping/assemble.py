@@ -26,6 +26,8 @@ import numpy as np
 @dataclass
 class _Partial:
     slots: np.ndarray                 # [K'] candidate index per keypoint type, -1 = none
+    filled: int = 0                   # bit k set: slots[k] holds a candidate (checked per
+                                      # connection: a Python int is far cheaper than numpy there)
     members: list = field(default_factory=list)
     score: float = 0.0                # sum of its candidates' and connections' scores
     parts: int = 0                    # candidates plus connections summed in `score`
@@ -55,6 +57,7 @@ def assemble(kind: np.ndarray, xy: np.ndarray, peak_score: np.ndarray, start: np
     def add(i, c):
         p = people[i]
         p.slots[kinds[c]] = c
+        p.filled |= 1 << kinds[c]
         p.members.append(c)
         p.score += scores[c]
         p.parts += 1
@@ -70,7 +73,7 @@ def assemble(kind: np.ndarray, xy: np.ndarray, peak_score: np.ndarray, start: np
             add(i, e)
         elif ps < 0 or pe < 0:
             i, free = (pe, s) if ps < 0 else (ps, e)
-            if people[i].slots[kinds[free]] >= 0:  # this person already has that keypoint
+            if people[i].filled >> kinds[free] & 1:  # this person already has that keypoint
                 continue
             add(i, free)
         elif ps != pe:
@@ -106,11 +109,12 @@ def assemble(kind: np.ndarray, xy: np.ndarray, peak_score: np.ndarray, start: np
 def _merge(people, owner, i, j, kinds) -> bool:
     """Move person j into person i unless some keypoint type is filled in both."""
     p, q = people[i], people[j]
-    if ((p.slots >= 0) & (q.slots >= 0)).any():
+    if p.filled & q.filled:
         return False
     for c in q.members:
         p.slots[kinds[c]] = c
         owner[c] = i
+    p.filled |= q.filled
     p.members += q.members
     p.score += q.score
     p.parts += q.parts
@@ -131,56 +135,51 @@ def _attach_fragments(people, owner, kinds, xy, skeleton, cfg):
     and the two no keypoint type in common. After each merge only the costs of the grown host
     are recomputed.
     """
-    hops = limb_hops(skeleton)
-    kinds = np.asarray(kinds)
     alive = [i for i, p in enumerate(people) if p is not None]
     frags = [i for i in alive if len(people[i].members) <= cfg.fragment_max_keypoints]
     hosts = [i for i in alive if people[i].links > 0]
     if not frags or not hosts:
         return
-    cost = np.full((len(people), len(people)), np.inf)  # [fragment, host]
-    cost[np.ix_(frags, hosts)] = _pair_costs(people, frags, hosts, kinds, xy, hops)
+    # between any two candidates, once: limbs apart (by their types) and gap / limbs
+    kinds = np.asarray(kinds)
+    hop = limb_hops(skeleton)[kinds[:, None], kinds[None]]  # [N, N]
+    gap = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_limb = np.where(np.isfinite(hop) & (hop > 0), gap / hop, np.inf)
+
+    def reach(h) -> list:
+        """[N] per candidate: over host h's candidates of the types nearest to its own, the
+        smallest gap / limbs (a Python list: read a candidate or two at a time below)."""
+        near = hop[:, people[h].members]
+        nearest = near == near.min(1, keepdims=True)
+        return np.where(nearest, per_limb[:, people[h].members], np.inf).min(1).tolist()
+
+    def cost(f, h) -> float:
+        """Fragment f joining host h; inf when they may not merge: a keypoint type in both, a
+        host not larger than the fragment, or itself."""
+        p, q = people[f], people[h]
+        if f == h or p.filled & q.filled or len(p.members) >= len(q.members):
+            return np.inf
+        unit = max(q.length / q.links, 1e-3)  # the host's mean limb length
+        return min(reaches[h][c] for c in p.members) / unit
+
+    reaches = {h: reach(h) for h in hosts}
+    costs = np.full((len(people), len(people)), np.inf)  # [fragment, host]
+    for f in frags:
+        costs[f, hosts] = [cost(f, h) for h in hosts]
     while True:
-        f, h = np.unravel_index(np.argmin(cost), cost.shape)
-        if not cost[f, h] <= cfg.fragment_distance:
+        f, h = np.unravel_index(np.argmin(costs), costs.shape)
+        if not costs[f, h] <= cfg.fragment_distance:
             return
         _merge(people, owner, h, f, kinds)
-        cost[f, :] = cost[:, f] = np.inf
+        costs[f, :] = costs[:, f] = np.inf
         frags = [i for i in frags if people[i] is not None]
         hosts = [i for i in hosts if people[i] is not None]
-        others = [i for i in frags if i != h]
-        if others:
-            cost[others, h] = _pair_costs(people, others, [h], kinds, xy, hops)[:, 0]
-        cost[h, :] = np.inf
+        reaches[h] = reach(h)  # only the grown host's costs change
+        costs[frags, h] = [cost(i, h) for i in frags]
+        costs[h, :] = np.inf
         if len(people[h].members) <= cfg.fragment_max_keypoints:
-            cost[h, hosts] = _pair_costs(people, [h], hosts, kinds, xy, hops)[0]
-
-
-def _pair_costs(people, frags, hosts, kinds, xy, hops) -> np.ndarray:
-    """[F, H] attachment costs (see _attach_fragments); inf where a pair may not merge."""
-    fc = np.concatenate([people[i].members for i in frags])
-    hc = np.concatenate([people[i].members for i in hosts])
-    f_size = np.asarray([len(people[i].members) for i in frags])
-    h_size = np.asarray([len(people[i].members) for i in hosts])
-    f_start = np.concatenate([[0], np.cumsum(f_size)[:-1]])
-    h_start = np.concatenate([[0], np.cumsum(h_size)[:-1]])
-    h_of = np.repeat(np.arange(len(hosts)), h_size)  # host of each host candidate
-    unit = np.asarray([max(people[i].length / max(people[i].links, 1), 1e-3) for i in hosts])
-
-    hop = hops[kinds[fc][:, None], kinds[hc][None]]                        # [Nf, Nh]
-    gap = np.linalg.norm(xy[fc][:, None] - xy[hc][None], axis=2)
-    nearest = hop == np.minimum.reduceat(hop, h_start, axis=1)[:, h_of]  # closest types of each host
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(nearest & np.isfinite(hop) & (hop > 0), gap / (hop * unit[h_of]), np.inf)
-    cost = np.minimum.reduceat(np.minimum.reduceat(ratio, h_start, axis=1), f_start, axis=0)
-
-    f_slots = np.stack([people[i].slots >= 0 for i in frags]).astype(np.float32)
-    h_slots = np.stack([people[i].slots >= 0 for i in hosts]).astype(np.float32)
-    invalid = ((f_slots @ h_slots.T) > 0) | (f_size[:, None] >= h_size[None])
-    invalid |= np.asarray(frags)[:, None] == np.asarray(hosts)[None]
-    invalid |= np.asarray([people[i].links == 0 for i in hosts])[None]
-    cost[invalid] = np.inf
-    return cost
+            costs[h, hosts] = [cost(h, i) for i in hosts]
 
 
 @lru_cache(maxsize=8)

@@ -6,11 +6,13 @@ is scored by sampling limb map l at evenly spaced points on the segment between 
 plus the length prior is positive (the original's two criteria). Tensor operations only, on
 the device of the maps; no Python loop over images, limbs or pairs.
 """
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
-from grouping.peaks import Peaks
+from grouping.peaks import Peaks, storage_view
 
 
 @dataclass
@@ -43,46 +45,49 @@ def candidate_pairs(peaks: Peaks, limbs: torch.Tensor, num_images: int, num_kind
     Returns:
         image [P], limb [P], start [P], end [P] long tensors.
     """
-    dev = peaks.score.device
     B, K, L = num_images, num_kinds, len(limbs)
-    counts = torch.bincount(peaks.image * K + peaks.kind, minlength=B * K).view(B, K)
-    first = (counts.flatten().cumsum(0) - counts.flatten()).view(B, K)
-    n_a, n_b = counts[:, limbs[:, 0]], counts[:, limbs[:, 1]]  # [B, L]
-    n_pairs = (n_a * n_b).flatten()                             # [B * L]
-    run = torch.repeat_interleave(torch.arange(B * L, device=dev), n_pairs)
-    q = torch.arange(len(run), device=dev) - (n_pairs.cumsum(0) - n_pairs)[run]
-    image, limb = run // L, run % L
-    nb = n_b.flatten()[run]
-    start = first[image, limbs[limb, 0]] + q // nb
-    end = first[image, limbs[limb, 1]] + q % nb
-    return image, limb, start, end
+    counts = torch.bincount(peaks.image * K + peaks.kind, minlength=B * K)  # [B * K] per (image, kind)
+    first = counts.cumsum(0) - counts
+    ends = _limb_planes(B, K, limbs)                                        # [2, B * L]
+    n, at = torch.take(counts, ends), torch.take(first, ends)               # [2, B * L] each
+    run = torch.repeat_interleave(n[0] * n[1])  # [P] the (image, limb) of each pair
+    q = torch.arange(len(run), device=run.device) - torch.searchsorted(run, run)  # pair within its run
+    n_b, at_a, at_b = torch.cat([n[1:], at]).index_select(1, run)
+    return run // L, run % L, at_a + q // n_b, at_b + q % n_b
+
+
+def _limb_planes(B: int, K: int, limbs: torch.Tensor) -> torch.Tensor:
+    """[2, B * L] (image, kind) planes image * K + a and image * K + b of every (image, limb)."""
+    images = torch.arange(B, device=limbs.device).view(1, B, 1) * K
+    return (images + limbs.T.unsqueeze(1)).reshape(2, -1)
 
 
 def sample_bilinear(maps: torch.Tensor, image, channel, xy) -> torch.Tensor:
     """Values of maps[image, channel] at points xy.
 
     Args:
-        maps: [B, L, H, W] float.
+        maps: [B, C, H, W] float, any strides (read in place, no copy).
         image, channel: [P] long.
         xy: [P, S, 2] float, map cells (x, y); points outside the map read the border.
     Returns:
         [P, S] float32.
     """
-    B, L, H, W = maps.shape
-    flat = maps.reshape(-1).float()
-    x = xy[..., 0].clamp(0, W - 1)
-    y = xy[..., 1].clamp(0, H - 1)
-    x0 = x.floor().clamp(max=W - 2 if W > 1 else 0)
-    y0 = y.floor().clamp(max=H - 2 if H > 1 else 0)
-    fx, fy = x - x0, y - y0
-    x0, y0 = x0.long(), y0.long()
-    x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
-    base = ((image * L + channel) * (H * W)).unsqueeze(1)
-    v00 = flat[base + y0 * W + x0]
-    v01 = flat[base + y0 * W + x1]
-    v10 = flat[base + y1 * W + x0]
-    v11 = flat[base + y1 * W + x1]
-    return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
+    B, C, H, W = maps.shape
+    sb, sc, sy, sx = maps.stride()
+    size = xy.new_tensor([W - 1, H - 1])
+    xy = torch.minimum(xy.clamp_min(0), size)
+    corner = torch.minimum(xy.floor(), (size - 1).clamp_min(0))  # the cell up-left of the point
+    frac = xy - corner
+    at = (image * sb + channel * sc).unsqueeze(1) + (corner.long() * xy.new_tensor([sx, sy], dtype=torch.long)).sum(-1)
+    dx, dy = (sx if W > 1 else 0), (sy if H > 1 else 0)
+    v = torch.take(storage_view(maps), at + _corner_steps(dx, dy, maps.device))  # [4, P, S]: (x0, y0) (x1, y0) (x0, y1) (x1, y1)
+    across = torch.lerp(v[0::2], v[1::2], frac[..., 0])  # [2, P, S]: rows y0 and y1
+    return torch.lerp(across[0], across[1], frac[..., 1])
+
+
+@lru_cache(maxsize=64)
+def _corner_steps(dx: int, dy: int, device) -> torch.Tensor:
+    return torch.tensor([0, dx, dy, dx + dy], device=device).view(4, 1, 1)
 
 
 def score_limbs(limb_maps: torch.Tensor, peaks: Peaks, limbs, num_kinds: int, cfg,
@@ -90,7 +95,8 @@ def score_limbs(limb_maps: torch.Tensor, peaks: Peaks, limbs, num_kinds: int, cf
     """Score every candidate pair of every limb of a batch; keep those that pass.
 
     Args:
-        limb_maps: [B, L, H, W] float, one map per limb in skeleton.limbs order.
+        limb_maps: [B, L, H, W] float, one map per limb in skeleton.limbs order (any strides:
+            a channel slice of the network's maps is read in place).
         peaks: Peaks of the same batch.
         limbs: [L, 2] keypoint index pairs (skeleton.limbs).
         num_kinds: K', keypoint types (peaks.kind < K').
@@ -99,7 +105,7 @@ def score_limbs(limb_maps: torch.Tensor, peaks: Peaks, limbs, num_kinds: int, cf
         heights: optional [B] valid image heights in cells (padded batches); default H.
     Returns:
         Connections, sorted by image, then best first: by descending score x the geometric
-        mean of the two end points' peak values.
+        mean of the two end points' peak heights (capped at 1).
     """
     B, L, H, W = limb_maps.shape
     dev = limb_maps.device
@@ -109,28 +115,31 @@ def score_limbs(limb_maps: torch.Tensor, peaks: Peaks, limbs, num_kinds: int, cf
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         return Connections(empty, empty, empty, empty, torch.zeros(0, device=dev))
 
+    a = peaks.xy.index_select(0, start)
+    ab = peaks.xy.index_select(0, end) - a  # [P, 2] each
     t = torch.linspace(0, 1, cfg.limb_samples, device=dev).view(1, -1, 1)
-    a, b = peaks.xy[start].unsqueeze(1), peaks.xy[end].unsqueeze(1)
-    values = sample_bilinear(limb_maps, image, limb, a + (b - a) * t)  # [P, S]
+    values = sample_bilinear(limb_maps, image, limb, a.unsqueeze(1) + ab.unsqueeze(1) * t)  # [P, S]
 
-    on_limb = (values > cfg.limb_sample_threshold).float().mean(1) >= cfg.limb_min_fraction
-    length = (peaks.xy[end] - peaks.xy[start]).norm(dim=1).clamp_min(1e-3)
-    if heights is None:
-        height = torch.full_like(length, float(H))
-    else:
-        height = torch.as_tensor(heights, device=dev, dtype=torch.float32)[image]
+    need = math.ceil(cfg.limb_min_fraction * cfg.limb_samples - 1e-9)  # samples on the limb
+    on_limb = (values > cfg.limb_sample_threshold).sum(1) >= need
+    length = ab.norm(dim=1).clamp_min(1e-3)
+    height = float(H) if heights is None else \
+        torch.as_tensor(heights, device=dev, dtype=torch.float32).index_select(0, image)
     prior = (cfg.limb_length_ratio * height / length - 1).clamp(max=0)
     score = values.mean(1) + prior
-    keep = on_limb & (score > 0)
-
-    image, limb, start, end, score = image[keep], limb[keep], start[keep], end[keep], score[keep]
     # by image, then best first: the order assembly takes them in. "Best" weighs in how sure
     # the two end points are (the geometric mean of their peaks): a weak spurious peak beside a
     # true one lies on the same limb map and scores as high on it, and taken first it displaces
     # the true keypoint. A model's maps have many such peaks: the overfit recipe's AP went from
-    # 0.540 to 0.781 on the same maps (BENCHMARKS.md). Ideal maps keep their order: the peaks'
-    # refined heights (grouping/peaks.py) are all 1 there.
-    rank = score * (peaks.score[start] * peaks.score[end]).sqrt()
-    order = torch.argsort(rank, descending=True, stable=True)
-    order = order[torch.argsort(image[order], stable=True)]
-    return Connections(image[order], limb[order], start[order], end[order], score[order])
+    # 0.540 to 0.781 on the same maps (BENCHMARKS.md). Heights are capped at 1, a target's top:
+    # on ideal maps they are 1, except where two people's Gaussians overlap and bend the
+    # refinement's fit (0.996..1.006); uncapped, that reordered near-equal connections of two
+    # embracing people (sample val AP 0.981 -> 0.961). Pairs that fail rank last and are cut.
+    keep = on_limb & (score > 0)
+    sure = peaks.score.clamp(max=1)
+    rank = torch.where(keep, score * (sure.index_select(0, start) * sure.index_select(0, end)).sqrt(), -1.0)
+    order = torch.argsort(rank, descending=True, stable=True)[: int(keep.sum())]
+    if B > 1:
+        order = order.index_select(0, torch.argsort(image.index_select(0, order), stable=True))
+    image, limb, start, end = torch.stack([image, limb, start, end]).index_select(1, order)
+    return Connections(image, limb, start, end, score.index_select(0, order))

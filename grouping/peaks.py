@@ -5,13 +5,14 @@ x right and y down, cell (i, j)'s centre at (x=j, y=i); pipelines.targets.map_to
 them into input pixels.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 
 @dataclass
 class Peaks:
-    """N keypoint candidates of a batch, sorted by (image, keypoint type, y, x).
+    """N keypoint candidates of a batch, sorted by (image, keypoint type, falling score).
 
     image [N] long, kind [N] long (keypoint index in the skeleton), xy [N, 2] float32 (map cells),
     score [N] float32 (the heatmap value at the maximum).
@@ -24,100 +25,102 @@ class Peaks:
     def __len__(self):
         return len(self.score)
 
+    def take(self, index: torch.Tensor) -> "Peaks":
+        """The candidates at `index` [M] (long), in that order."""
+        return Peaks(*(t.index_select(0, index) for t in (self.image, self.kind, self.xy, self.score)))
+
 
 def find_peaks(heatmaps: torch.Tensor, threshold: float, window: int = 3, refine: bool = True,
                sizes=None, max_per_kind: int = 0) -> Peaks:
     """Local maxima of every heatmap of a batch.
 
     Args:
-        heatmaps: [B, K, H, W] float, one map per keypoint type.
+        heatmaps: [B, K, H, W] float, one map per keypoint type (any strides).
         threshold: a maximum below this is no candidate.
-        window: odd side of the max-pooling window, cells.
+        window: odd side of the square window a candidate is the maximum of, cells.
         refine: add the sub-cell offset of `subpixel_peaks`, and take its height as the score.
         sizes: optional [B, 2] (height, width) of each image's valid area in cells (a batch padded
             to one shape); candidates outside it are dropped.
         max_per_kind: keep at most this many candidates of a type per image, the highest
             (0: all). Bounds the pairs to score when maps are noise (an untrained network).
     Returns:
-        Peaks, sorted by (image, kind) and within those by (y, x), or by falling score when
-        max_per_kind is set. A plateau (equal neighbours) gives one candidate, its first cell in
-        raster order.
+        Peaks, sorted by (image, kind) and within those by falling score (ties in raster
+        order). A plateau (equal neighbours) gives one candidate, its first cell in raster order.
     """
-    heat = heatmaps.float()
-    B, K, H, W = heat.shape
-    dev = heat.device
-    # threshold first: the few cells above it are the only ones compared with their neighbours.
-    # Rows holding any such cell are found with a cheap reduction, then searched (mostly empty
-    # maps make this several times faster than thresholding every cell).
-    b, k, y = (heat.amax(-1) >= threshold).nonzero(as_tuple=True)
-    row, x = (heat[b, k, y] >= threshold).nonzero(as_tuple=True)
-    b, k, y = b[row], k[row], y[row]  # still row-major: sorted by (image, kind, y, x)
-    if sizes is None:
-        hv = wv = None
-    else:
-        sizes = torch.as_tensor(sizes, device=dev).view(B, 2)
-        hv, wv = sizes[b, 0], sizes[b, 1]
-        inside = (y < hv) & (x < wv)
-        b, k, y, x, hv, wv = b[inside], k[inside], y[inside], x[inside], hv[inside], wv[inside]
-    v = heat[b, k, y, x]
-
+    B, K, H, W = heatmaps.shape
     r = window // 2
-    dy, dx = torch.meshgrid(torch.arange(-r, r + 1, device=dev), torch.arange(-r, r + 1, device=dev),
-                            indexing="ij")
-    dy, dx = dy.flatten(), dx.flatten()
-    centre = (dy == 0) & (dx == 0)
-    dy, dx = dy[~centre], dx[~centre]
-    earlier = (dy < 0) | ((dy == 0) & (dx < 0))  # before the centre in raster order
-    around = neighbours(heat, b, k, y, x, dy, dx, hv, wv)  # [D, N]
-    # a maximum of its window; on a plateau only the first cell in raster order
-    keep = torch.ones_like(v, dtype=torch.bool)
-    if r > 0:
-        keep = (v >= around.amax(0)) & (v > around[earlier].amax(0))
-    b, k, y, x, v = b[keep], k[keep], y[keep], x[keep], v[keep]
+    pad = max(r, 1)  # refinement reads one cell beyond a peak's own, whatever the window
+    # One padded copy holds everything: -inf around the map and beyond each image's valid area,
+    # so no cell there is a maximum or a neighbour, and every later read is a plain offset into
+    # its storage. Grouping one image costs the number of tensor operations more than their
+    # size (BENCHMARKS.md): one pass over the maps, then one gather for all neighbours rather
+    # than per-candidate bounds checks. The copy keeps the maps' memory layout (the model's
+    # output is channels_last): a transposing copy would cost more than all the rest.
+    layout = torch.channels_last if heatmaps.stride(1) == 1 and K > 1 else torch.contiguous_format
+    heat = torch.empty((B, K, H + 2 * pad, W + 2 * pad), device=heatmaps.device, memory_format=layout)
+    heat[:, :, pad:pad + H, pad:pad + W] = heatmaps
+    heat[:, :, :pad] = heat[:, :, :, :pad] = float("-inf")  # above and left of the map
+    valid = [(H, W)] * B if sizes is None else torch.as_tensor(sizes).view(B, 2).tolist()
+    for i, (h, w) in enumerate(valid):  # below and right of each image's valid area
+        heat[i, :, pad + h:] = heat[i, :, :, pad + w:] = float("-inf")
+    flat = storage_view(heat)
+    cell = (flat >= threshold).nonzero().squeeze(1)  # [N] storage indices of the cells above it
+    v = flat.index_select(0, cell)
+
+    # the window's cells and the four the refinement reads, one gather [D, N], in this order:
+    # window cells before the centre in raster order (left and above last), then those after it
+    # (right and below first), so that rows [n - 2, n + 2) are left, above, right, below
+    n, offsets = _neighbour_offsets(r, heat.stride(2), heat.stride(3), heat.device)
+    around = torch.take(flat, cell + offsets)
+    if r > 0:  # a maximum of its window; on a plateau only its first cell in raster order
+        keep = ((v > around[:n].amax(0)) & (v >= around[n:].amax(0))).nonzero().squeeze(1)
+        cell, v, around = cell.index_select(0, keep), v.index_select(0, keep), around.index_select(1, keep)
+
+    b, k, y, x = ((cell // st) % size for st, size in zip(heat.stride(), heat.shape))
+    plane = b * K + k
+    order = torch.argsort(v, descending=True, stable=True)  # by plane, then falling score
+    order = order.index_select(0, torch.argsort(plane.index_select(0, order), stable=True))
     if max_per_kind > 0 and len(v) > max_per_kind:
-        b, k, y, x, v = _highest(max_per_kind, K, b, k, y, x, v)
-    if sizes is not None:
-        hv, wv = sizes[b, 0], sizes[b, 1]
-
-    xy = torch.stack([x, y], dim=1).float()
+        group = plane.index_select(0, order)
+        rank = torch.arange(len(v), device=v.device) - torch.searchsorted(group, group)  # in its plane
+        order = order[rank < max_per_kind]
+    xybk = torch.stack([x, y, b, k]).index_select(1, order)
+    v, around = v.index_select(0, order), around[n - 2:n + 2].index_select(1, order)
+    xy = xybk[:2].T.float() - pad
     if refine and len(v):
-        lr = neighbours(heat, b, k, y, x, torch.tensor([0, 0, -1, 1], device=dev),
-                        torch.tensor([-1, 1, 0, 0], device=dev), hv, wv)
-        offsets, v = subpixel_peaks(v, lr)
+        offsets, v = subpixel_peaks(v, around[:2], around[2:])
         xy = xy + offsets
-    return Peaks(image=b, kind=k, xy=xy, score=v)
+    return Peaks(image=xybk[2], kind=xybk[3], xy=xy, score=v)
 
 
-def _highest(n: int, K: int, b, k, y, x, v):
-    """The n highest candidates of each (image, kind), sorted by (image, kind, falling score)."""
-    order = torch.argsort(v, descending=True, stable=True)
-    order = order[torch.argsort((b * K + k)[order], stable=True)]
-    b, k, y, x, v = b[order], k[order], y[order], x[order], v[order]
-    group = b * K + k
-    first = torch.searchsorted(group, group, right=False)  # start of each one's group
-    keep = torch.arange(len(v), device=v.device) - first < n
-    return b[keep], k[keep], y[keep], x[keep], v[keep]
+@lru_cache(maxsize=64)
+def _neighbour_offsets(r: int, row: int, col: int, device) -> tuple:
+    """(n, [D, 1] storage offsets): the order of find_peaks' gather for a window of radius r
+    and a map with these row and column strides; n = cells before the centre (0 when r = 0)."""
+    cross = [(0, -1), (-1, 0), (0, 1), (1, 0)]  # left, above, right, below
+    window = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
+    before = [c for c in window[: len(window) // 2] if c not in cross] + cross[:2]
+    after = cross[2:] + [c for c in window[len(window) // 2:] if c not in cross]
+    cells = before + after
+    return len(before), torch.tensor([[dy * row + dx * col] for dy, dx in cells], device=device)
 
 
-def neighbours(heat, b, k, y, x, dy, dx, hv=None, wv=None) -> torch.Tensor:
-    """Values [D, N] of heat[b, k, y + dy, x + dx] for D offsets and N cells; -inf outside the map
-    (or outside the valid area hv x wv [N] of each cell's image when given)."""
-    B, K, H, W = heat.shape
-    yy, xx = y + dy[:, None], x + dx[:, None]
-    hv = H if hv is None else hv
-    wv = W if wv is None else wv
-    inside = (yy >= 0) & (yy < hv) & (xx >= 0) & (xx < wv)
-    vals = heat[b[None], k[None], yy.clamp(0, H - 1), xx.clamp(0, W - 1)]
-    return torch.where(inside, vals, torch.full_like(vals, float("-inf")))
+def storage_view(t: torch.Tensor) -> torch.Tensor:
+    """The storage a strided tensor spans, as a 1-D view (no copy): element (i0, i1, ...) of t
+    is at sum(i_d * t.stride(d)). Works for any layout and any slice of one (a channel range
+    of channels_last maps), so maps are read in place by computed offsets."""
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+    return t.as_strided((span,), (1,))
 
 
-def subpixel_peaks(centre: torch.Tensor, around: torch.Tensor):
+def subpixel_peaks(centre: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     """Sub-cell positions and heights of N maxima: (offsets [N, 2] (dx, dy) in cells, each in
     [-0.5, 0.5]; heights [N]).
 
     Args:
         centre: [N] values at the maxima.
-        around: [4, N] values left, right, above and below them (-inf outside the map).
+        lo: [2, N] values left of and above them; hi: [2, N] right of and below them (-inf
+            outside the map).
 
     A parabola through the logarithm of the maximum and its two neighbours, on each axis
     separately: a Gaussian's logarithm is a parabola, so this is exact for ideal heatmaps. The x
@@ -128,20 +131,15 @@ def subpixel_peaks(centre: torch.Tensor, around: torch.Tensor):
     ~5% lower for a keypoint half a cell off the grid (sigma 2.25 cells).
     """
     eps = 1e-6
-    c = centre.clamp_min(eps).log()
-
-    def axis(lo, hi):
-        """(offset, rise of the log above the centre cell's at that offset) on one axis."""
-        ok = torch.isfinite(lo) & torch.isfinite(hi)
-        lo, hi = lo.clamp_min(eps).log(), hi.clamp_min(eps).log()
-        curv = lo - 2 * c + hi  # < 0 at a strict maximum
-        ok = ok & (curv < 0)
-        off = 0.5 * (lo - hi) / torch.where(ok, curv, torch.full_like(curv, -1.0))
-        off = torch.where(ok, off, torch.zeros_like(off)).clamp(-0.5, 0.5)
-        # the parabola c + s t + curv t^2 / 2, s = (hi - lo) / 2, at t = off, less c
-        rise = torch.where(ok, 0.5 * (hi - lo) * off + 0.5 * curv * off * off, torch.zeros_like(off))
-        return off, rise
-
-    (ox, rx), (oy, ry) = axis(around[0], around[1]), axis(around[2], around[3])
-    height = torch.where(centre > eps, (c + rx + ry).exp(), centre)
-    return torch.stack([ox, oy], dim=1), height
+    values = torch.cat([centre[None], lo, hi])  # [5, N], both axes at once
+    finite = torch.isfinite(values)
+    logs = values.clamp_min(eps).log()
+    c, lo, hi = logs[0], logs[1:3], logs[3:5]
+    slope2 = hi - lo           # twice the slope at the centre
+    curv = lo + hi - 2 * c     # < 0 at a strict maximum
+    ok = finite[1:3] & finite[3:5] & (curv < 0)
+    off = (-0.5 * slope2 / torch.where(ok, curv, -1.0)).clamp(-0.5, 0.5) * ok
+    # the parabola c + s t + curv t^2 / 2 (s = slope2 / 2) at t = off, less c; 0 where off is
+    rise = off * (0.5 * slope2 + 0.5 * curv * off)
+    height = torch.where(centre > eps, (c + rise.sum(0)).exp(), centre)
+    return off.T, height

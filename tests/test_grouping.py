@@ -223,12 +223,14 @@ def val_gt(sample_dir):
     return load_coco(sample_dir / "annotations" / "person_keypoints_val2017.json")
 
 
-def test_ideal_maps_of_sample_val_reach_ap_095(val_gt, skeleton):
+def test_ideal_maps_of_sample_val_reach_ap_0975(val_gt, skeleton):
     """Ideal maps -> grouping -> COCOeval on the sample's val: AP 0.981 (AP50 1.0, AR 0.985) when
-    written; 26 of 27 people exact, the loss is two annotations of one face (image 536038)."""
+    written; 26 of 27 people exact, the loss is two embracing people (image 536038). There the
+    connections of the two tie to within 1e-3, and ranking them by peak heights that overlapping
+    Gaussians bend above 1 swapped a nose between them: AP 0.961 (the image alone: 0.55 for 0.80)."""
     results, _ = group_ideal_maps(val_gt, val_gt.getImgIds(), skeleton, GroupingConfig(), 512, progress=False)
     stats = evaluate_keypoints(val_gt, results)
-    assert stats["AP"] >= 0.95, stats
+    assert stats["AP"] >= 0.975, stats
     assert stats["AP50"] == 1.0
 
 
