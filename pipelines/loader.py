@@ -8,17 +8,21 @@
             batch["keypoints"]        # [B, Pmax, K', 3] float32, input pixels, v = 0 where absent
             batch["masks"]            # [B, 2, S/4, S/4] float32: loss weight (1 count, 0 ignore), person
             batch["targets"]          # [B, C, S/4, S/4] float32 (pipelines.targets.render_targets)
-    state = loader.state_dict()       # {"epoch", "batches"}: resume exactly where training stopped
+    state = loader.state_dict()       # {"epoch", "batches", "dali"}: resume exactly where it stopped
     loader.close()
 
-Determinism: epoch e of rank r is a pipeline built afresh with a seed drawn from (seed, e, r), a
-shard order drawn from (seed, e) and this rank's part rotated by e, so the batches depend only
-on (seed, epoch, rank) and never on how the process got there. Resuming at batch t re-creates
-the epoch's pipeline and runs (and drops) its first t batches: exact, at the cost of decoding
-them once more. While the last batch of an epoch is being used, the next epoch's pipeline is
-built and starts working in the background, so an epoch boundary costs no pipeline start-up.
+One DALI pipeline per process for the whole run: its batches are one endless stream, and epoch e
+is batches e * len(loader) ... (e + 1) * len(loader) - 1 of it. No epoch boundary costs a
+pipeline start-up (a small dataset has an epoch every batch or two). The stream depends only on
+(seed, rank, world size): the reader's shuffle buffer and every random draw are seeded from
+them, and DALI's reader moves each rank on to the next part of the data at the end of its
+part (stick_to_shard=False), so over the epochs every rank reads all of it. Resuming restores
+DALI's own checkpoint of the pipeline (reader position, shuffle buffer, random generators:
+`enable_checkpointing`), taken when the state was saved: exact, with nothing decoded twice.
+Without one (a state from before this format) the stream is rebuilt and the batches already
+taken are run and dropped: exact too, only slower.
 """
-import threading
+import base64
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,8 +74,8 @@ class Loader:
             raise UserError(f"{shards_dir}: {self.num_samples} samples make no full batch of "
                             f"{cfg.batch_size} on each of {world_size} process(es)")
         self.epoch, self.taken = 0, 0
-        self._live = None      # the _EpochPipeline batches come from
-        self._ahead = None     # the next epoch's, being started in the background
+        self._stream = None    # the _Stream batches come from, built at the first batch
+        self._restore = None   # (position, DALI checkpoint) loaded by load_state_dict
         self._samples = 0      # samples handed out
         self._over = torch.zeros((), dtype=torch.int64, device=self.device)  # ... with > Pmax people
 
@@ -86,7 +90,14 @@ class Loader:
             self.epoch, self.taken = int(epoch), 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self.taken}
+        """Plain data (json-able): the position, and DALI's checkpoint of the stream there."""
+        state = {"epoch": self.epoch, "batches": self.taken}
+        position = self._position()
+        if self._stream is not None and self._stream.position == position:
+            state["dali"] = self._stream.checkpoint()
+        elif self._restore is not None and self._restore[0] == position:
+            state["dali"] = self._restore[1]  # loaded and not yet used: still the right one
+        return state
 
     def load_state_dict(self, state: dict):
         batches = int(state["batches"])
@@ -94,6 +105,8 @@ class Loader:
             raise UserError(f"loader state: {batches} batches taken, but an epoch has {self._len}; "
                             f"were batch size, world size or shards changed?")
         self.epoch, self.taken = int(state["epoch"]), batches
+        self._restore = (self._position(), state["dali"]) if "dali" in state else None
+        self._drop_stream()
 
     def stats(self) -> dict:
         """Samples handed out so far and how many of them had more than Pmax people."""
@@ -104,29 +117,32 @@ class Loader:
         if self.taken >= self._len:  # the previous epoch was finished: go on with the next one
             self.epoch, self.taken = self.epoch + 1, 0
         epoch = self.epoch
+        if self.taken == 0:
+            # a stat per shard and epoch: a shard truncated or rewritten since the run started
+            # stops it with the shard's name before its bytes are decoded
+            require_intact(self.shards_dir, self.entries)
         while self.epoch == epoch and self.taken < self._len:
-            raw = self._next_raw(epoch, self.taken)
+            raw = self._stream_at(self._position()).next()
             self.taken += 1  # counted before the yield: a consumer that stops here has taken it
             yield self._finish(raw)
 
-    def _next_raw(self, epoch: int, position: int) -> dict:
-        """The DALI outputs of batch `position` of `epoch`, from the live pipeline when it is there."""
-        live = self._live
-        if live is None or live.epoch != epoch or live.position != position:
-            ahead, self._ahead = self._ahead, None
-            live = ahead.join() if ahead is not None and ahead.epoch == epoch else None
-            if ahead is not None and live is None:
-                ahead.close()
-            self._drop_live()
-            self._live = live = live or _EpochPipeline(self, epoch)
-            live.skip_to(position)  # resume: run and drop the batches already taken
-        raw = live.next()
-        if live.position == self._len and self._ahead is None:
-            # the epoch's last batch: on a thread, retire this pipeline (it finishes the batches it
-            # ran ahead) and start the next epoch's while the consumer works on this batch
-            self._live = None
-            self._ahead = _EpochPipeline(self, epoch + 1, background=True, retire=live)
-        return raw
+    def _position(self) -> int:
+        """Batches of the stream before the next one to hand out."""
+        return self.epoch * self._len + self.taken
+
+    def _stream_at(self, position: int) -> "_Stream":
+        """The stream, about to give batch `position`: continued, restored or replayed to it."""
+        stream = self._stream
+        if stream is None or stream.position > position:
+            self._drop_stream()
+            restore, self._restore = self._restore, None
+            if restore is not None and restore[0] <= position:
+                stream = _Stream(self, *restore)
+            else:
+                stream = _Stream(self)
+            self._stream = stream
+        stream.skip_to(position)  # a jump ahead (set_epoch, a state without DALI's checkpoint)
+        return stream
 
     def _finish(self, raw: dict) -> dict:
         """DALI outputs -> the batch dict of the contract, on the loader's device."""
@@ -141,16 +157,11 @@ class Loader:
 
     # -- cleanup -------------------------------------------------------------------------------
     def close(self):
-        """Free the DALI pipelines (threads, buffers); the loader can still iterate later."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead.close()
-        self._drop_live()
+        """Free the DALI pipeline (threads, buffers); the loader can still iterate later."""
+        self._drop_stream()
 
-    def _drop_live(self):
-        live, self._live = self._live, None
-        if live is not None:
-            live.close()
+    def _drop_stream(self):
+        self._stream = None  # DALI frees threads and buffers with the last reference
 
     def __enter__(self):
         return self
@@ -165,63 +176,31 @@ class Loader:
             pass
 
 
-class _EpochPipeline:
-    """The DALI pipeline and iterator of one epoch of one rank, and how many batches it gave.
+class _Stream:
+    """The DALI pipeline and iterator of one process, and how many batches it gave (position).
 
-    Built from (seed, epoch, rank) alone. With background=True it is built, and its first batch
-    computed, on a thread (after closing `retire`, the previous epoch's); `join` waits for it
-    and raises what the thread raised. DALI's outputs outlive their pipeline.
+    Built from (seed, rank, world size) alone, or restored from a DALI checkpoint taken at
+    `position` (the pipeline restores the reader's position, its shuffle buffer and the random
+    generators' states).
     """
 
-    def __init__(self, loader, epoch: int, background: bool = False, retire=None):
-        self.epoch, self.position = epoch, 0
-        self.pipe = self.iterator = self._error = None
-        self._thread = None
-        if background:
-            self._thread = threading.Thread(target=self._build_guarded, args=(loader, retire), daemon=True)
-            self._thread.start()
-        else:
-            self._build(loader)
-
-    def _build_guarded(self, loader, retire):
-        try:
-            if loader.device.type == "cuda":
-                # the current device is per thread and a new one starts on GPU 0: without this the
-                # first batch's DLPack hand-over (legacy default stream) would sync with GPU 0's
-                # stream on every other rank, and open a context there
-                torch.cuda.set_device(loader.device)
-            if retire is not None:
-                retire.close()
-            self._build(loader)
-        except BaseException as e:  # handed to the consumer in join()
-            self._error = e
-
-    def _build(self, loader):
+    def __init__(self, loader, position: int = 0, checkpoint: str | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
         from pipelines.pipeline import OUTPUTS, augment_pipeline
 
-        # a stat per shard and epoch: a shard truncated or rewritten since the run started stops
-        # it with the shard's name before its bytes are decoded
-        require_intact(loader.shards_dir, loader.entries)
-        self._loader = loader
-        cfg, epoch = loader.cfg, self.epoch
-        order = np.arange(len(loader.paths))
-        shard_id = loader.rank
-        if loader.train:  # a new shard order and a different part of it for this rank every epoch
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(loader.paths))
-            shard_id = (loader.rank + epoch) % loader.world_size
-        seeds = np.random.SeedSequence([cfg.seed, epoch, loader.rank]).generate_state(2)
+        self._loader, self.position = loader, position
+        cfg = loader.cfg
+        seeds = np.random.SeedSequence([cfg.seed, loader.rank, loader.world_size]).generate_state(2)
         gpu = loader.device.type == "cuda"
         self.pipe = augment_pipeline(
-            [loader.paths[i] for i in order], [loader.index_paths[i] for i in order], cfg,
-            loader.skeleton.num_dataset, "gpu" if gpu else "cpu", shard_id, loader.world_size, loader.train,
-            int(seeds[0] & 0x7FFFFFFF),
+            loader.paths, loader.index_paths, cfg, loader.skeleton.num_dataset, "gpu" if gpu else "cpu",
+            loader.rank, loader.world_size, loader.train, int(seeds[0] & 0x7FFFFFFF),
             batch_size=cfg.batch_size, num_threads=cfg.num_threads,
             device_id=loader.device.index if gpu else None, seed=int(seeds[1] & 0x7FFFFFFF),
-            prefetch_queue_depth=cfg.prefetch)
+            prefetch_queue_depth=cfg.prefetch, enable_checkpointing=True,
+            checkpoint=None if checkpoint is None else base64.b64decode(checkpoint))
         with self._read_errors_named():
             self.pipe.build()
-            # computes the first batch (prepare_first_batch): on the thread when in the background
             self.iterator = DALIGenericIterator([self.pipe], list(OUTPUTS), size=-1, auto_reset=False)
 
     @contextmanager
@@ -235,13 +214,10 @@ class _EpochPipeline:
             require_intact(self._loader.shards_dir, self._loader.entries, hash=True)
             raise
 
-    def join(self):
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise self._error
-        return self
+    def checkpoint(self) -> str:
+        """DALI's checkpoint of the pipeline as it stands after `position` batches (it accounts
+        for the batches it has prepared ahead), as text for the training checkpoint."""
+        return base64.b64encode(self.iterator.checkpoints()[0]).decode("ascii")
 
     def skip_to(self, position: int):
         while self.position < position:
@@ -251,13 +227,6 @@ class _EpochPipeline:
         self.position += 1
         with self._read_errors_named():
             return next(self.iterator)[0]
-
-    def close(self):
-        try:
-            self.join()
-        except Exception:
-            pass  # a pipeline nobody will use: its failure does not matter
-        self.iterator = self.pipe = None  # DALI frees threads and buffers with the last reference
 
 
 def _shard_entries(shards_dir: Path, skeleton):

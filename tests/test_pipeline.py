@@ -97,15 +97,20 @@ def test_resume_continues_on_exactly_the_same_batches(sample_shards, skeleton):
         return got
 
     with make_loader(sample_shards["train"], SMALL, skeleton) as loader:
-        straight = run(loader, [0, 1])
+        straight = run(loader, [0, 1, 2])
+    for stop_after in (5, 9):  # in the first epoch, and in the second (one pipeline for both)
+        with make_loader(sample_shards["train"], SMALL, skeleton) as loader:
+            head = run(loader, [0, 1, 2], stop_after=stop_after)
+            state = json.loads(json.dumps(loader.state_dict()))  # plain data: fits in a checkpoint
+        assert (state["epoch"], state["batches"]) == divmod(stop_after, 7) and state["dali"]
+        with make_loader(sample_shards["train"], SMALL, skeleton) as loader:
+            loader.load_state_dict(state)  # DALI's checkpoint: nothing decoded twice
+            tail = run(loader, range(state["epoch"], 3))
+        assert len(straight) == 3 * 7 and _same(head + tail, straight)
+    # a state without DALI's checkpoint (an older run's) replays the batches taken: the same
     with make_loader(sample_shards["train"], SMALL, skeleton) as loader:
-        head = run(loader, [0, 1], stop_after=5)
-        state = json.loads(json.dumps(loader.state_dict()))  # plain data: fits in a checkpoint
-    assert state == {"epoch": 0, "batches": 5}
-    with make_loader(sample_shards["train"], SMALL, skeleton) as loader:
-        loader.load_state_dict(state)
-        tail = run(loader, [0, 1])
-    assert len(straight) == 2 * 7 and _same(head + tail, straight)
+        loader.load_state_dict({"epoch": 1, "batches": 2})
+        assert _same(run(loader, [1, 2]), straight[9:])
 
 
 def test_without_augmentation_the_input_is_the_inference_frame_as_cv2_would_make_it(sample_shards, skeleton):
