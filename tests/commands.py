@@ -19,11 +19,14 @@ def run_main(script: str, *args):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out, err = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()  # a command may set them (gt_upper_bound); the tests after it keep theirs
+    # what a command may set for its whole process (gt_upper_bound's threads, train_ddp's
+    # deterministic mode) is put back for the tests after it
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
                 pytest.raises(SystemExit) as e:
             run_cli(module.main, [str(a) for a in args])
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     return e.value.code, out.getvalue(), err.getvalue()
