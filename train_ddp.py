@@ -9,9 +9,12 @@
     torchrun --max-restarts=3 ... --resume auto              # continue if OUT/last.pt exists, else start
     ... --verify-shards                                      # sha256 of every shard before training
     ... --val-shards DIR [--val-limit N]                     # COCO AP every val_every steps, best.pt
+    ... --skeleton configs/skeletons/crowdpose.yaml          # instead of the config's `skeleton`
 
 The process group comes from torchrun's environment only (NCCL on GPU, gloo on CPU). Each rank
-reads its own part of the shards; every rank takes the same number of steps per epoch.
+reads its own part of the shards; every rank takes the same number of steps per epoch. Training
+and validation shards made for other keypoints than the skeleton's stop the command before any
+work (one line, exit 2), as does a last.pt trained for another skeleton.
 
 OUT (--out, else the config's `out`) receives config.yaml (the resolved config), log.jsonl (one
 JSON object per line, rank 0; fields in training/log.py) and last.pt, the checkpoint: written
@@ -63,7 +66,7 @@ from model.loss import multiscale_loss
 from pipelines.loader import make_loader
 from pipelines.target_check import check_gpu_path
 from shards.integrity import require_intact
-from shards.reader import read_manifest_strict
+from shards.reader import check_skeleton, read_manifest_strict
 from training.config import TrainConfig, load_train_config
 from training.distributed import (Dist, any_rank, barrier, gather_objects, init_distributed, lost_rank,
                                   mean_over_ranks, on_every_rank, ranks_agree, shutdown)
@@ -377,11 +380,14 @@ def write_config(cfg: TrainConfig, run: Run):
                       + yaml.safe_dump(resolved, sort_keys=False))
 
 
-def check_training_shards(shards, verify: bool):
-    """Every training shard present with the manifest's size, and with --verify-shards its sha256:
-    the manifest's shards split over this node's processes, so a node reads each shard once.
-    A damaged one is a UserError naming it (the other processes are ended by torchrun)."""
-    entries = read_manifest_strict(shards).get("shards", [])
+def check_training_shards(shards, verify: bool, skeleton: Skeleton):
+    """Shards made for the skeleton's keypoints, every one present with the manifest's size, and
+    with --verify-shards its sha256: the manifest's shards split over this node's processes, so a
+    node reads each shard once. A damaged one is a UserError naming it (the other processes are
+    ended by torchrun)."""
+    manifest = read_manifest_strict(shards)
+    check_skeleton(manifest, shards, skeleton)
+    entries = manifest.get("shards", [])
     part, parts = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     require_intact(shards, entries[part::parts] if verify else entries, hash=verify,
                  progress=verify and part == 0 and sys.stderr.isatty())
@@ -411,6 +417,7 @@ def parse_args(argv):
     p.add_argument("--config", required=True, help="training yaml (configs/tiny.yaml, configs/imhn512.yaml)")
     p.add_argument("--shards", help="training shards folder; default: the config's `shards`")
     p.add_argument("--out", help="output folder; default: the config's `out`")
+    p.add_argument("--skeleton", help="skeleton yaml of the shards' keypoints; default: the config's `skeleton`")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all")
     p.add_argument("--resume", nargs="?", const="yes", metavar="auto",
                    help="continue from OUT/last.pt; `--resume auto`: continue when it exists, else start "
@@ -437,13 +444,13 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_train_config(args.config, shards=args.shards, out=args.out, max_steps=args.max_steps,
-                            val_shards=args.val_shards, val_limit=args.val_limit)
+                            val_shards=args.val_shards, val_limit=args.val_limit, skeleton=args.skeleton)
     if not cfg.shards:
         raise UserError(f"{args.config}: no training shards: pass --shards DIR or set `shards:`")
     skeleton = load_skeleton(cfg.skeleton_path())
     out = Path(cfg.out)
     ckpt = read_resume_checkpoint(cfg, skeleton, out, args.resume)  # a bad file fails before any work
-    check_training_shards(cfg.shards, args.verify_shards)  # so do missing or damaged shards
+    check_training_shards(cfg.shards, args.verify_shards, skeleton)  # so do foreign, missing or damaged shards
     if cfg.val_shards:  # and unusable val shards
         ShardSource(cfg.val_shards, skeleton=skeleton)
     d = init_distributed(args.device, timeout_s=60 * cfg.collective_timeout_minutes)

@@ -1,7 +1,10 @@
-"""Writing files so that no reader ever sees half of one."""
+"""Writing files so that no reader ever sees half of one; reading json with one-line errors."""
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from core.errors import UserError
 
 
 def write_text_atomic(path, text: str) -> Path:
@@ -25,3 +28,15 @@ def write_bytes_atomic(path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path, what: str = "json file"):
+    """The parsed content of a json file; a missing or unparsable one is a UserError naming it
+    (`what` says what was expected there: "annotations file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such {what}")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid json ({e})") from None

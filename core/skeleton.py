@@ -17,7 +17,8 @@ from core.config import load_yaml
 from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO_SKELETON = ROOT / "configs" / "skeletons" / "coco.yaml"
+SKELETONS = ROOT / "configs" / "skeletons"  # the shipped ones: coco, crowdpose, aic
+COCO_SKELETON = SKELETONS / "coco.yaml"
 
 _KEYS = {"name", "keypoints", "derived", "flip_pairs", "limbs", "sigmas"}
 NUM_EXTRA_CHANNELS = 2  # person mask, maximum over the keypoint heatmaps
@@ -69,6 +70,26 @@ class Skeleton:
 
     def index(self, name: str) -> int:
         return self.keypoints.index(name)
+
+    def describe(self) -> str:
+        """'coco' (17 keypoints): the name and the dataset keypoints, for messages."""
+        return f"'{self.name}' ({self.num_dataset} keypoints)"
+
+    def check_keypoint_names(self, names, where: str):
+        """A UserError unless `names` are this skeleton's dataset keypoints, in its order.
+
+        names: the keypoint names data was labelled with (a json's categories[0].keypoints, a
+        shards manifest's keypoint_names). where: what holds them, for the message (a file name).
+        """
+        names = [str(n) for n in names]
+        own = list(self.keypoints[: self.num_dataset])
+        if len(names) != len(own):
+            raise UserError(f"{where}: holds {len(names)} keypoints per person, the skeleton "
+                            f"{self.describe()} has {len(own)}; name the data's skeleton yaml with --skeleton")
+        for i, (theirs, ours) in enumerate(zip(names, own)):
+            if theirs != ours:
+                raise UserError(f"{where}: keypoint {i} is '{theirs}' where the skeleton {self.describe()} "
+                                f"has '{ours}'; name the data's skeleton yaml with --skeleton")
 
     # -- dataset keypoints <-> keypoints with derived ones (an encode/decode pair) --------
     def add_derived(self, kpts):

@@ -6,6 +6,10 @@ reference), at the map size the network would produce for that input. Grouping t
 evaluating the result measures the grouping alone (tools/gt_upper_bound.py, tests).
 
     results, seconds = group_ideal_maps(coco_gt, coco_gt.getImgIds(), skeleton, GroupingConfig(), 512)
+    results, seconds = group_truth(shard_truth("shards/val"), skeleton, GroupingConfig(), 512)
+
+The truth is a json's (coco_truth) or what shards hold (shard_truth: the keypoints make_shards
+kept, so the maps are the training targets of those images, un-augmented).
 """
 import time
 
@@ -56,17 +60,37 @@ def ideal_maps(keypoints: np.ndarray, height: int, width: int, skeleton, target_
     return maps, scale
 
 
+def coco_truth(coco_gt, image_ids):
+    """(image_id, keypoints [P, K, 3] original pixels, height, width) of each image of a json."""
+    for image_id in image_ids:
+        info = coco_gt.loadImgs(image_id)[0]
+        yield image_id, coco_keypoints(coco_gt, image_id), info["height"], info["width"]
+
+
+def shard_truth(shards_dir):
+    """coco_truth of every sample of a shards folder, in shard order."""
+    from shards.reader import iter_samples
+    for s in iter_samples(shards_dir):
+        yield s["image_id"], s["kpts"], s["meta"]["height"], s["meta"]["width"]
+
+
 def group_ideal_maps(coco_gt, image_ids, skeleton, cfg: GroupingConfig, height: int,
                      target_cfg: TargetConfig = TargetConfig(), progress: bool = True):
-    """Ideal maps -> grouping -> COCO results for `image_ids` of a COCO ground truth.
+    """Ideal maps -> grouping -> COCO results for `image_ids` of a COCO ground truth (group_truth)."""
+    return group_truth(coco_truth(coco_gt, image_ids), skeleton, cfg, height, target_cfg, progress,
+                       total=len(image_ids))
+
+
+def group_truth(truth, skeleton, cfg: GroupingConfig, height: int, target_cfg: TargetConfig = TargetConfig(),
+                progress: bool = True, total=None):
+    """Ideal maps -> grouping -> COCO results of each image of `truth` (coco_truth, shard_truth).
 
     Returns (results list, seconds [N] np.ndarray the grouping took on each image).
     """
     results, seconds = [], []
-    for image_id in tqdm(image_ids, desc="ideal maps", unit="img", disable=not progress):
-        info = coco_gt.loadImgs(image_id)[0]
-        maps, scale = ideal_maps(coco_keypoints(coco_gt, image_id), info["height"], info["width"],
-                                 skeleton, height, target_cfg)
+    for image_id, keypoints, image_height, image_width in tqdm(truth, total=total, desc="ideal maps",
+                                                               unit="img", disable=not progress):
+        maps, scale = ideal_maps(keypoints, image_height, image_width, skeleton, height, target_cfg)
         t0 = time.perf_counter()
         people = group(maps, skeleton, cfg, target_cfg.stride)
         seconds.append(time.perf_counter() - t0)

@@ -1,6 +1,6 @@
 """Where eval.py's images and ground truth come from: a folder + COCO json, or shards.
 
-    source = FolderSource(images_dir, annotations_json)   # or ShardSource(shards_dir)
+    source = FolderSource(images_dir, annotations_json, skeleton=skeleton)   # or ShardSource(shards_dir, ...)
     for image_id, rgb in source: ...                     # RGB uint8 [H, W, 3]
     coco_gt = source.ground_truth()                      # after the loop
     source.missing                                       # file names not found (folder only)
@@ -9,8 +9,13 @@ Shards: the ground truth is the COCO json the shards were made from (the manifes
 source.annotations, or --annotations), which keeps crowd regions, so detections there are not
 counted as false positives. When that file is not on this machine, it is rebuilt from the
 samples' own keypoints and person boxes (`gt_from_samples`); crowd regions are not stored in
-shards, so that ground truth has none (`source.note` says so). Shards hold only the images with
-labelled people (tools/make_shards.py's default), and every image evaluated is one that was run.
+shards, so that ground truth has none (`source.note` says so); each image's crowdIndex
+(CrowdPose) survives in the shards and in it. Shards hold only the images with labelled people
+(tools/make_shards.py's default), and every image evaluated is one that was run.
+
+With a `skeleton`, a json whose keypoints are not the skeleton's and shards made for other
+keypoints are UserErrors, before any image is read (the json the shards were made from was
+checked by make_shards; one given with `annotations` is checked here).
 """
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import cv2
 import numpy as np
 
 from core.errors import UserError
-from evaluation.coco import PERSON_CATEGORY, coco_from_dict, load_coco
+from evaluation.coco import PERSON_CATEGORY, check_ground_truth, coco_from_dict, load_coco
 
 
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
@@ -44,11 +49,13 @@ def read_bgr(path) -> np.ndarray:
 class FolderSource:
     """The images a COCO json lists, read from a folder; those not in it are counted as missing."""
 
-    def __init__(self, images_dir, annotations, limit=None):
+    def __init__(self, images_dir, annotations, limit=None, skeleton=None):
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise UserError(f"{images_dir}: no such images folder")
         self.coco = load_coco(annotations)
+        if skeleton is not None:
+            check_ground_truth(self.coco, skeleton, annotations)
         ids = sorted(self.coco.getImgIds())[:limit]
         self.paths, self.missing = {}, []
         for i in ids:
@@ -96,6 +103,10 @@ class ShardSource:
         self.annotations = Path(source) if source and Path(source).is_file() else None
         if annotations and self.annotations is None:
             raise UserError(f"{annotations}: no such annotations file")
+        self._gt = None
+        if annotations and skeleton is not None:  # another json than the shards': read it now
+            self._gt = load_coco(annotations)
+            check_ground_truth(self._gt, skeleton, annotations)
         self.note = "" if self.annotations else (
             f"ground truth rebuilt from the shards ({source or 'no source json'} is not here): "
             f"crowd regions are not counted")
@@ -120,17 +131,23 @@ class ShardSource:
             yield s["image_id"], decode_rgb(s["jpg"], f"{self.shards_dir}/{s['key']}.jpg")
 
     def ground_truth(self):
+        if self._gt is not None:
+            return self._gt
         if self.annotations:
             return load_coco(self.annotations)
         return gt_from_samples(self.samples)
 
 
 def gt_from_samples(samples: dict):
-    """COCO ground truth from shard samples {image_id: (kpts [P, K, 3], meta)} (no crowds)."""
+    """COCO ground truth from shard samples {image_id: (kpts [P, K, 3], meta)} (no crowds; the
+    images' crowdIndex where the shards have it)."""
     images, anns = [], []
     for image_id, (kpts, meta) in samples.items():
-        images.append({"id": image_id, "file_name": meta.get("file_name", ""),
-                       "width": meta["width"], "height": meta["height"]})
+        image = {"id": image_id, "file_name": meta.get("file_name", ""),
+                 "width": meta["width"], "height": meta["height"]}
+        if "crowdIndex" in meta:
+            image["crowdIndex"] = meta["crowdIndex"]
+        images.append(image)
         for k, person in zip(kpts, meta["persons"]):
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": PERSON_CATEGORY,
                          "keypoints": [float(v) for v in np.asarray(k).reshape(-1)],

@@ -1,7 +1,11 @@
 """make_shards as a library function: COCO images + keypoints json -> shards in a folder.
 
     manifest = make_shards(images_dir, annotations, out_dir, split="train", shard_size_mb=1024,
-                           workers=os.cpu_count(), keep_all=None)
+                           workers=os.cpu_count(), keep_all=None, skeleton=load_skeleton(path))
+
+The json's keypoint names (categories[0].keypoints) must be the skeleton's dataset keypoints, in
+its order; the manifest records the skeleton's name and keypoint count, and readers
+(shards.reader.check_skeleton) refuse shards made for other keypoints than theirs.
 
 Images are processed by a process pool (decode checks, masks from pycocotools) in image-id
 order and written by this process, so shards are deterministic and resumable (shards/writer.py).
@@ -14,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.errors import UserError
+from core.skeleton import load_skeleton
 from shards import coco
 from shards.writer import ShardWriter, check_shards, read_manifest, write_manifest, write_shard
 
@@ -21,18 +26,21 @@ MANIFEST_VERSION = 1
 
 
 def make_shards(images_dir, annotations, out_dir, split=None, shard_size_mb=1024.0, workers=None,
-                keep_all=None, progress=True) -> dict:
+                keep_all=None, progress=True, skeleton=None) -> dict:
     """Build (or finish building) the shards of one split; returns the manifest.
 
     split: the shard name prefix; default: the images folder's name without its year
         ("train2017" -> "train").
     keep_all: keep images without a labelled person; default: only for splits not named train*
         (the original trained only on images with people; evaluation needs every image).
+    skeleton: core.skeleton.Skeleton the json's keypoints must be (default COCO's).
     """
     images_dir, annotations, out_dir = Path(images_dir).resolve(), Path(annotations).resolve(), Path(out_dir)
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")
     data = coco.load_annotations(annotations)  # UserError before anything is written
+    skeleton = skeleton or load_skeleton()
+    skeleton.check_keypoint_names(data["keypoint_names"], f"{annotations} (categories[0].keypoints)")
     split = split or images_dir.name.rstrip("0123456789") or "data"
     if keep_all is None:
         keep_all = not split.startswith("train")
@@ -55,7 +63,9 @@ def make_shards(images_dir, annotations, out_dir, split=None, shard_size_mb=1024
 
     manifest = {"version": MANIFEST_VERSION, "split": split, "arguments": arguments,
                 "source": {"images": str(images_dir), "annotations": str(annotations)},
-                "keypoint_names": data["keypoint_names"], "shards": list(intact),
+                "keypoint_names": data["keypoint_names"],
+                "skeleton": {"name": skeleton.name, "num_keypoints": skeleton.num_dataset},
+                "shards": list(intact),
                 "images": dict(old_reports),  # key -> report of each processed image
                 "dropped_without_people": dropped}
     done = {k for s in intact for k in s["keys"]}

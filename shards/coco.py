@@ -7,7 +7,15 @@ Sample components (ARCHITECTURE.md, "A sample in a shard"):
     mask.png  uint8 [H, W] bit flags: PERSON (1) inside some person's segmentation, crowds included;
               IGNORE (2) the loss ignores the pixel (crowd regions, people without labelled keypoints)
     json      image_id, file_name, width, height, keypoints_shape [P, K, 3], persons [{bbox, area,
-              num_keypoints}] in the order of kpts
+              num_keypoints}] in the order of kpts (area null where the json gives none), and the
+              image's crowdIndex when the json has one (CrowdPose: eval's easy/medium/hard split)
+
+Annotations without a segmentation (CrowdPose, AI Challenger: boxes and keypoints only) count
+with their box as their region: the box is all such a json says of a person's extent. For the
+IGNORE flag (crowds, unlabelled people) a box that ignores too much only loses some supervision,
+while ignoring too little would teach the network that an unlabelled person is background. For
+the PERSON flag a box overstates the person, but that only feeds the person-mask channel, an
+auxiliary target the grouping never reads.
 """
 import json
 from pathlib import Path
@@ -19,7 +27,7 @@ from pycocotools import mask as mask_utils
 from core.errors import UserError
 
 PERSON, IGNORE = 1, 2
-_REQUIRED = ("keypoints", "segmentation", "bbox", "iscrowd")
+_REQUIRED = ("keypoints", "bbox")
 
 
 def load_annotations(path) -> dict:
@@ -116,12 +124,12 @@ def build_sample(image: dict, anns: list, image_bytes: bytes, num_keypoints: int
         if any(k not in ann for k in _REQUIRED) or len(ann["keypoints"]) != 3 * num_keypoints:
             count("annotations_missing_fields")
             continue
-        seg = _decode_segmentation(ann["segmentation"], h, w)
+        seg = _region(ann, h, w)
         if seg is None:
             count("annotations_bad_segmentation")
             continue
         person_mask |= seg
-        if ann["iscrowd"]:
+        if ann.get("iscrowd", 0):
             ignore_mask |= seg
             count("crowd_regions")
             continue
@@ -135,7 +143,8 @@ def build_sample(image: dict, anns: list, image_bytes: bytes, num_keypoints: int
             count("people_without_keypoints")
             continue
         kpts.append(k)
-        persons.append({"bbox": [float(v) for v in ann["bbox"]], "area": float(ann.get("area", 0.0)),
+        area = ann.get("area")  # none in CrowdPose: evaluation.coco fills it the way CrowdPose scores
+        persons.append({"bbox": [float(v) for v in ann["bbox"]], "area": None if area is None else float(area),
                         "num_keypoints": int((k[:, 2] > 0).sum())})
         count("people")
 
@@ -145,9 +154,22 @@ def build_sample(image: dict, anns: list, image_bytes: bytes, num_keypoints: int
     assert ok, "cv2 failed to encode a uint8 mask as png"
     meta = {"image_id": image["id"], "file_name": image["file_name"], "width": w, "height": h,
             "keypoints_shape": list(kpts.shape), "persons": persons}
+    if isinstance(image.get("crowdIndex"), (int, float)):
+        meta["crowdIndex"] = float(image["crowdIndex"])
     components = {"jpg": image_bytes, "kpts": kpts.astype("<f4").tobytes(), "mask.png": png.tobytes(),
                   "json": json.dumps(meta).encode()}
     return components, {"skip": None, "notes": notes, "counts": counts}
+
+
+def _region(ann, h, w):
+    """bool [h, w]: an annotation's segmentation, or its box where it has none (see the module)."""
+    if ann.get("segmentation") is None:
+        try:  # pycocotools rasterizes the box as COCO does its boxes
+            rle = mask_utils.frPyObjects(np.asarray([ann["bbox"]], np.float64).reshape(1, 4), h, w)[0]
+        except (TypeError, ValueError):
+            return None
+        return mask_utils.decode(rle).astype(bool)
+    return _decode_segmentation(ann["segmentation"], h, w)
 
 
 def _decode_segmentation(seg, h, w):

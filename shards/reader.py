@@ -27,9 +27,20 @@ def read_manifest_strict(shards_dir) -> dict:
 
 
 def check_skeleton(manifest: dict, shards_dir, skeleton):
-    """A UserError when the shards hold another number of keypoints per person than `skeleton`."""
+    """A UserError when the shards were made for other keypoints than `skeleton`'s.
+
+    Shards hold the dataset's keypoints only, so that is what must agree: their names, in order,
+    as make_shards checked them against its --skeleton (the manifest's `skeleton` records which).
+    Another skeleton over the same keypoints (other limbs, say) reads them. A manifest without
+    that record (older, or written by hand) is checked by the keypoint count alone.
+    """
     names = manifest.get("keypoint_names")
-    if names is not None and len(names) != skeleton.num_dataset:
+    if names is None:
+        return
+    made_for = manifest.get("skeleton")
+    if made_for:
+        skeleton.check_keypoint_names(names, f"{shards_dir} (shards made for skeleton '{made_for.get('name')}')")
+    elif len(names) != skeleton.num_dataset:
         raise UserError(f"{shards_dir}: shards hold {len(names)} keypoints per person, the skeleton "
                         f"'{skeleton.name}' has {skeleton.num_dataset}")
 

@@ -105,3 +105,36 @@ def test_channel_names_follow_the_channel_order(skeleton):
     assert len(names) == skeleton.num_channels
     assert names[sl["limbs"].start] == "limb neck-nose" and names[sl["keypoints"].start] == "keypoint nose"
     assert names[sl["person_mask"]] == "person mask" and names[sl["keypoint_max"]] == "keypoint max"
+
+
+CROWDPOSE_ORDER = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                   "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck"]
+
+
+@pytest.mark.parametrize("name", ["crowdpose", "aic"])
+def test_shipped_14_keypoint_skeletons(name):
+    """Head and neck labelled (no derived keypoints), official sigmas, a tree plus redundant links."""
+    from core.skeleton import SKELETONS
+    s = load_skeleton(SKELETONS / f"{name}.yaml")
+    assert (s.num_dataset, s.num_keypoints, s.derived, len(s.sigmas)) == (14, 14, (), 14)
+    if name == "crowdpose":
+        assert list(s.keypoints) == CROWDPOSE_ORDER
+        assert s.sigmas == (.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089, .079, .079)
+    else:  # AI Challenger's json order: right side first, then head top and neck
+        assert s.keypoints[:3] == ("right_shoulder", "right_elbow", "right_wrist") and s.keypoints[12:] == ("head_top", "neck")
+        assert s.sigmas[2] == pytest.approx(0.01057665)
+    names = s.keypoints
+    for i, j in enumerate(s.flip):  # flips swap left and right, keep the centre
+        assert names[j] == names[i].replace("left", "@").replace("right", "left").replace("@", "right")
+    from demo import tree_limbs  # the first K-1 limbs join every keypoint: a tree, then redundant links
+    assert list(tree_limbs(s)) == list(s.limbs[: s.num_keypoints - 1]) and s.num_limbs > s.num_keypoints - 1
+
+
+def test_keypoint_names_must_be_the_skeletons(skeleton):
+    skeleton.check_keypoint_names(skeleton.keypoints[:17], "x.json")
+    with pytest.raises(UserError, match=r"x.json: holds 14 keypoints per person, the skeleton 'coco' \(17"):
+        skeleton.check_keypoint_names(CROWDPOSE_ORDER, "x.json")
+    swapped = list(skeleton.keypoints[:17])
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    with pytest.raises(UserError, match="keypoint 1 is 'right_eye' where the skeleton 'coco' .* has 'left_eye'"):
+        skeleton.check_keypoint_names(swapped, "x.json")

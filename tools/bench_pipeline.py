@@ -209,6 +209,8 @@ def endless_torch(loader, device):
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shards", required=True, help="shards folder (tools/make_shards.py)")
+    p.add_argument("--skeleton", default=str(COCO_SKELETON), help="skeleton yaml the shards were made for "
+                                                                  "(default: COCO's)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the DALI pipeline runs")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     p.add_argument("--steps", type=int, default=20, help="timed batches per loader (default 20)")
@@ -227,7 +229,7 @@ def main(argv=None):
         raise UserError("--device gpu: no CUDA device is visible to torch")
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     cfg = PipelineConfig(input_size=args.input_size, batch_size=args.batch_size, num_threads=args.workers)
-    skeleton = load_skeleton(COCO_SKELETON)
+    skeleton = load_skeleton(args.skeleton)
     result = {"device": args.device, "batch_size": args.batch_size, "input_size": args.input_size,
               "steps": args.steps, "workers": args.workers, "shards": str(args.shards)}
 

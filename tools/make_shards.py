@@ -3,6 +3,11 @@
 
     python tools/make_shards.py --images data/sample/train2017 \
         --annotations data/sample/annotations/person_keypoints_train2017.json --out shards/sample-train
+    python tools/make_shards.py --images crowdpose/images --annotations crowdpose/json/crowdpose_val.json \
+        --skeleton configs/skeletons/crowdpose.yaml --out shards/crowdpose-val
+
+The json's keypoints (categories[0].keypoints) must be --skeleton's (default COCO's), by name and
+in order; the manifest records the skeleton, and every reader of the shards checks it.
 
 Rerunning the same command finishes an interrupted run: intact shards are kept (sha256 checked
 against manifest.json), missing or damaged ones rewritten, the rest packed into new shards.
@@ -18,6 +23,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 from core.errors import ArgumentParser, run_cli  # noqa: E402
+from core.skeleton import COCO_SKELETON, load_skeleton  # noqa: E402
 from shards.build import make_shards, summarize  # noqa: E402
 
 
@@ -26,6 +32,8 @@ def main(argv=None):
     p.add_argument("--images", required=True, help="folder of the split's images (COCO layout)")
     p.add_argument("--annotations", required=True, help="COCO person_keypoints json of the split")
     p.add_argument("--out", required=True, help="output folder for shards, index files and manifest.json")
+    p.add_argument("--skeleton", default=str(COCO_SKELETON),
+                   help="skeleton yaml whose keypoints the json holds (default: COCO's)")
     p.add_argument("--split", help="shard name prefix (default: the images folder's name without the year)")
     p.add_argument("--shard-size", type=float, default=1024.0, help="upper bound of one shard, MB (default 1024)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (default: the cores)")
@@ -34,7 +42,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     manifest = make_shards(args.images, args.annotations, args.out, split=args.split,
                            shard_size_mb=args.shard_size, workers=args.workers,
-                           keep_all=True if args.keep_all else None)
+                           keep_all=True if args.keep_all else None, skeleton=load_skeleton(args.skeleton))
     s = summarize(manifest)
     print(f"{s['samples']} samples in {s['shards']} shard(s), {s['bytes'] / 2**20:.1f} MiB -> {args.out}")
     if s["skipped"]:

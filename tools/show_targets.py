@@ -91,7 +91,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for the PNG sheets")
     p.add_argument("--count", type=int, default=8, help="samples to draw (default 8)")
     p.add_argument("--config", help="pipeline yaml (configs/pipeline/coco.yaml); default: the defaults")
-    p.add_argument("--skeleton", default=str(COCO_SKELETON), help="skeleton yaml")
+    p.add_argument("--skeleton", default=str(COCO_SKELETON), help="skeleton yaml the shards were made for "
+                                                                  "(default: COCO's)")
     p.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
     p.add_argument("--no-augment", action="store_true", help="show the un-augmented (fitted) images")
     p.add_argument("--json", action="store_true", help="print the written files as one JSON line")

@@ -68,7 +68,7 @@ class Validator:
                 for part in parts:
                     self.source.samples.update(part[2])
                 self._ground_truth = self.source.ground_truth()
-            stats = evaluate_keypoints(self._ground_truth, results, image_ids)
+            stats = evaluate_keypoints(self._ground_truth, results, image_ids, self.skeleton.sigmas)
             seconds = time.perf_counter() - start
             stats = {**{k: round(stats[k], 4) for k in STAT_NAMES}, "images": len(image_ids),
                      "detections": len(results), "seconds": round(seconds, 2),
