@@ -45,11 +45,25 @@ def test_bench_pipeline_reports_both_loaders_as_json(sample_shards):
     assert result["dali_images_per_s"] > 0 and result["classic_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["dali_images_per_s"] / result["classic_images_per_s"])
     assert result["device"] == "cpu" and result["batch_size"] == 4
+    assert result["images"] == 28 and result["batches_per_epoch"] == 7 and len(result["runs"]) == 1
+
+
+@pytest.mark.slow
+def test_bench_pipeline_times_datasets_of_several_sizes_in_one_run(sample_shards):
+    """--sizes: 5 images (an epoch every batch of 4) and 40 (the sample's 28, some twice)."""
+    proc = run_tool("tools/bench_pipeline.py", "--shards", sample_shards["train"], "--device", "cpu",
+                    "--batch-size", "4", "--steps", "3", "--warmup", "1", "--rounds", "1", "--workers", "1",
+                    "--input-size", "64", "--sizes", "5", "40", "--json")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(r["images"], r["batches_per_epoch"]) for r in result["runs"]] == [(5, 1), (40, 10)]
+    assert all(r["dali_images_per_s"] > 0 and r["ratio"] > 0 for r in result["runs"])
+    assert "ratio" not in result  # several datasets: their figures only under "runs"
 
 
 def test_bench_pipeline_user_errors_exit_2(tmp_path):
     for args, message in ((["--shards", tmp_path / "none"], "not found"),
-                          (["--shards", tmp_path, "--steps", "0"], "--steps")):
+                          (["--shards", tmp_path, "--steps", "0"], "--steps"),
+                          (["--shards", tmp_path, "--sizes", "3"], "--sizes")):
         proc = run_tool("tools/bench_pipeline.py", *args, check=False)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -73,3 +87,13 @@ def test_classic_dataset_item_matches_the_batch_contract(sample_shards, skeleton
     assert item["images"].shape == (3, 128, 128) and item["keypoints"].shape == (5, skeleton.num_keypoints, 3)
     assert item["masks"].shape == (2, 32, 32) and item["targets"].shape == (skeleton.num_channels, 32, 32)
     assert all(v.dtype == torch.float32 for v in item.values())
+
+
+def test_profile_pipeline_splits_the_cpu_time_by_stage(sample_shards):
+    proc = run_tool("tools/profile_pipeline.py", "--shards", sample_shards["train"], "--batch-size", "4",
+                    "--batches", "2", "--input-size", "64", "--workers", "1", "--json")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    stages = result["cpu_ms_per_image"]
+    assert list(stages) == ["read", "decode", "augment", "collate", "targets"]
+    assert stages["decode"] > 0 and stages["targets"] > 0
+    assert result["total_cpu_ms_per_image"] == pytest.approx(sum(stages.values()), abs=0.01)

@@ -14,6 +14,12 @@ dict. They are timed in alternating rounds (median reported), each after warm-up
 whole epochs as training uses them; CPU time per image (threads and worker processes) is
 reported too, steadier than wall time on a shared machine. The last stdout line with --json is
 one JSON object with images/s of each and their ratio (and, on GPU, the device memory in use).
+
+    python tools/bench_pipeline.py --shards shards/sample-train --device cpu --sizes 15 150 --json
+
+times datasets of 15 and 150 images (the shards' samples, repeated) in one run: with batches of
+8 the first has an epoch every batch, the second one every 18, which is where a loader that
+starts anything per epoch loses. The JSON then holds one entry per size under "runs".
 """
 import sys
 from pathlib import Path
@@ -23,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import cv2  # noqa: E402
@@ -125,7 +132,7 @@ class ClassicDataset(torch.utils.data.Dataset):
         S, stride, K = cfg.input_size, cfg.targets.stride, sk.num_dataset
         self.calls += 1
         rng = np.random.default_rng([self.seed, index, self.calls, os.getpid()])
-        jpg, kpts, mask_png = self.raw[index]
+        jpg, kpts, mask_png = (self.raw[index][k] for k in ("jpg", "kpts", "mask.png"))
         bgr = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         flags = cv2.imdecode(np.frombuffer(mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
         kp = np.frombuffer(kpts, "<f4").reshape(-1, K, 3)
@@ -152,12 +159,29 @@ class ClassicDataset(torch.utils.data.Dataset):
                 "targets": torch.from_numpy(targets)}
 
 
-def read_raw(shards_dir):
-    """[(jpg, kpts, mask.png) bytes] of every sample, via webdataset (the classic loader's input)."""
+def read_raw(shards_dir) -> list:
+    """[{component: bytes}] of every sample in shard order, via webdataset (the classic loader's
+    input, and the source of sized_shards)."""
     import webdataset as wds
     from shards.reader import shard_paths
     urls = [str(p) for p in shard_paths(shards_dir)]
-    return [(s["jpg"], s["kpts"], s["mask.png"]) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    return [{k: v for k, v in s.items() if not k.startswith("__")}
+            for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+
+def sized_shards(source, n: int, out: Path) -> Path:
+    """A shards folder in `out` holding n samples: the source's in order, repeated under new keys
+    when n is larger. A user's dataset of n images, for the timing: how often an epoch ends is
+    what separates a loader that restarts per epoch from one that does not."""
+    from shards.reader import read_manifest_strict
+    from shards.writer import write_manifest, write_shard
+    raw = read_raw(source)
+    if not raw:
+        raise UserError(f"{source}: no samples")
+    out.mkdir(parents=True, exist_ok=True)
+    entry = write_shard(out, "bench", 0, [(f"{i:09d}", raw[i % len(raw)]) for i in range(n)])
+    write_manifest(out, {**read_manifest_strict(source), "shards": [entry], "images": {}})
+    return out
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -219,28 +243,52 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=os.cpu_count(),
                    help="CPU cores for each loader: DALI threads, DataLoader workers (default: all)")
     p.add_argument("--input-size", type=int, default=512, help="S (default 512)")
+    p.add_argument("--sizes", type=int, nargs="+", metavar="N",
+                   help="time datasets of N images each (the shards' samples, repeated as needed), "
+                        "one after the other in this run, instead of the shards as they are")
     p.add_argument("--skip-classic", action="store_true", help="time the DALI loader only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = p.parse_args(argv)
     for name in ("batch_size", "steps", "workers", "rounds"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.sizes and min(args.sizes) < args.batch_size:
+        raise UserError(f"--sizes: each dataset needs at least one batch ({args.batch_size} images)")
     if args.device == "gpu" and not torch.cuda.is_available():
         raise UserError("--device gpu: no CUDA device is visible to torch")
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     cfg = PipelineConfig(input_size=args.input_size, batch_size=args.batch_size, num_threads=args.workers)
     skeleton = load_skeleton(args.skeleton)
     result = {"device": args.device, "batch_size": args.batch_size, "input_size": args.input_size,
-              "steps": args.steps, "workers": args.workers, "shards": str(args.shards)}
-
+              "steps": args.steps, "workers": args.workers, "shards": str(args.shards), "runs": []}
     # The parallelism is DALI's threads (resp. the DataLoader's workers); torch's own intra-op
     # threads on the same cores would only contend with them (OpenMP threads spin while waiting).
     torch.set_num_threads(1)
-    rates, cpu = {"dali": [], "classic": []}, {"dali": [], "classic": []}
-    with make_loader(args.shards, cfg, skeleton, device=device.type) as loader:
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes or [None]:
+            shards = args.shards if n is None else sized_shards(args.shards, n, Path(tmp) / str(n))
+            run = time_loaders(shards, cfg, skeleton, device, args)
+            result["runs"].append(run)
+            line = f"{run['images']} images: dali {run['dali_images_per_s']:.1f} images/s"
+            if "ratio" in run:
+                line += (f", classic {run['classic_images_per_s']:.1f} images/s, ratio {run['ratio']:.2f} "
+                         f"(CPU per image {run['dali_cpu_ms_per_image']:.1f} vs {run['classic_cpu_ms_per_image']:.1f} ms)")
+            print(line + f" ({args.device}, batch {args.batch_size}, {args.workers} worker(s))")
+    if len(result["runs"]) == 1:
+        result.update(result["runs"][0])  # one dataset: its figures at the top level too
+    if args.json:
+        print(json.dumps(result))
+
+
+def time_loaders(shards, cfg, skeleton, device, args) -> dict:
+    """Both loaders over one shards folder, alternating rounds: images/s, CPU ms per image."""
+    rates, cpu, result = {"dali": [], "classic": []}, {"dali": [], "classic": []}, {}
+    with make_loader(shards, cfg, skeleton, device=device.type) as loader:
+        result["images"] = loader.num_samples
+        result["batches_per_epoch"] = len(loader)
         streams = {"dali": endless_dali(loader)}
         if not args.skip_classic:
-            dataset = ClassicDataset(read_raw(args.shards), cfg, skeleton)
+            dataset = ClassicDataset(read_raw(shards), cfg, skeleton)
             classic = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                                   num_workers=args.workers, persistent_workers=True,
                                                   pin_memory=device.type == "cuda", prefetch_factor=2)
@@ -265,14 +313,7 @@ def main(argv=None):
     if rates["classic"]:
         result["ratio"] = result["dali_images_per_s"] / result["classic_images_per_s"]
         result["cpu_ratio"] = result["classic_cpu_ms_per_image"] / result["dali_cpu_ms_per_image"]
-
-    line = f"dali {result['dali_images_per_s']:.1f} images/s"
-    if "ratio" in result:
-        line += (f", classic {result['classic_images_per_s']:.1f} images/s, ratio {result['ratio']:.2f}"
-                 f" (CPU per image {result['dali_cpu_ms_per_image']:.1f} vs {result['classic_cpu_ms_per_image']:.1f} ms)")
-    print(line + f" ({args.device}, batch {args.batch_size}, {args.workers} worker(s))")
-    if args.json:
-        print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
