@@ -85,4 +85,5 @@ def decode_image(jpg, gpu: bool):
 
 def decode_mask(mask_png):
     """[H, W, 1] uint8 bit flags of the sample's mask (PERSON 1, IGNORE 2), on the CPU."""
-    return fn.decoders.image(mask_png, device="cpu", output_type=types.ANY_DATA, adjust_orientation=False)
+    # GRAY: the stored single channel as it is, by a faster path than ANY_DATA (same values)
+    return fn.decoders.image(mask_png, device="cpu", output_type=types.GRAY, adjust_orientation=False)

@@ -198,10 +198,25 @@ def children_cpu_seconds() -> float:
     return total
 
 
+def settle(timeout: float = 10.0, window: float = 0.1):
+    """Wait until this process and its workers use under a tenth of a core (at most `timeout`
+    seconds). The loader just timed goes on filling its prefetch queue for a moment, with its
+    worker processes or threads: without this, that work would run during the other loader's
+    timed batches and count in its CPU time (the classic loader's 2 workers x 2 batches ahead
+    are most of a second of CPU)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        cpu0 = time.process_time() + children_cpu_seconds()
+        time.sleep(window)
+        if time.process_time() + children_cpu_seconds() - cpu0 < 0.1 * window:
+            return
+
+
 def time_batches(batches, steps: int, warmup: int, device, desc: str):
     """(images/s, CPU seconds per image) over `steps` batches of the endless iterator `batches`,
     after `warmup`. CPU time counts this process's threads and its worker processes: on a shared
     machine it is steadier than wall time."""
+    settle()
     for _ in range(warmup):
         next(batches)
     if device.type == "cuda":
