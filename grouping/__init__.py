@@ -6,7 +6,7 @@
 
 A person is {"keypoints": np.float32 [K', 3], "score": float}: (x, y, score) per keypoint of the
 skeleton (derived ones included) in input pixels of the image the maps were computed from
-(pipelines.targets.map_to_input of the map cell), score = heatmap value at the peak, a missing
+(pipelines.targets.map_to_input of the map cell), score = the peak's (refined) height, a missing
 keypoint is (0, 0, 0). People come best first. `to_dataset_keypoints` gives the dataset's own
 keypoints (COCO's 17 in COCO's order) for results files and drawing.
 

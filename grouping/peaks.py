@@ -15,7 +15,8 @@ class Peaks:
     """N keypoint candidates of a batch, sorted by (image, keypoint type, falling score).
 
     image [N] long, kind [N] long (keypoint index in the skeleton), xy [N, 2] float32 (map cells),
-    score [N] float32 (the heatmap value at the maximum).
+    score [N] float32 (the peak's height: refined between the cells by `subpixel_peaks`, else
+    the heatmap value at the maximum).
     """
     image: torch.Tensor
     kind: torch.Tensor
